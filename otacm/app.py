@@ -1,0 +1,62 @@
+"""The HTTP application: one FastAPI app carrying every domain's router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+
+from otacm import __version__
+from otacm.config import Settings, get_settings
+from otacm.db import engine_from_settings, make_session_factory
+from otacm.errors import OtacmError
+from otacm.fleet.endpoints import router as fleet_router
+from otacm.observability import record_request
+from otacm.observability import router as operations_router
+
+
+async def _otacm_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OtacmError)
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    location = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    body: dict[str, Any] = {
+        "error": "validation_failed",
+        "detail": first.get("msg", "invalid request"),
+        "field": ".".join(location) or None,
+        "errors": [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "detail": e.get("msg")}
+            for e in errors
+        ],
+    }
+    return JSONResponse(body, status_code=422)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = engine or engine_from_settings(settings)
+    app = FastAPI(
+        title="otacm",
+        version=__version__,
+        description="Over-the-air software update campaign manager for vehicle fleets.",
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.add_exception_handler(OtacmError, _otacm_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.middleware("http")(record_request)
+    app.include_router(operations_router)
+    app.include_router(fleet_router)
+    return app

@@ -1,0 +1,92 @@
+"""The `otacm` command: the server, the demo, schema migrations and each domain's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from otacm.config import Settings, get_settings
+from otacm.db import current_revision, engine_from_settings, head_revision, upgrade
+
+app = typer.Typer(help="otacm: over-the-air update campaigns for vehicle fleets.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+def settings_with(database_url: str | None) -> Settings:
+    settings = get_settings()
+    if database_url:
+        settings = settings.model_copy(update={"database_url": database_url})
+    return settings
+
+
+DatabaseOption = Annotated[
+    str | None, typer.Option("--database-url", help="Overrides OTACM_DATABASE_URL.")
+]
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseOption = None) -> None:
+    """Bring the database schema to the version this otacm needs."""
+    engine = engine_from_settings(settings_with(database_url))
+    upgrade(engine)
+    console.print(f"schema at {current_revision(engine)}")
+
+
+@db_app.command("current")
+def db_current(database_url: DatabaseOption = None) -> None:
+    """Show the schema version of the database and the one this otacm needs."""
+    engine = engine_from_settings(settings_with(database_url))
+    typer.echo(f"database: {current_revision(engine)}  needed: {head_revision(engine)}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Run the HTTP server (operator API, vehicle API, console)."""
+    import os
+
+    import uvicorn
+
+    settings = settings_with(database_url)
+    engine = engine_from_settings(settings)
+    if engine.dialect.name == "sqlite":
+        # The embedded database is ours to keep current; PostgreSQL is migrated on purpose.
+        upgrade(engine)
+    elif current_revision(engine) != head_revision(engine):
+        console.print("[yellow]the database schema is not current: run `otacm db upgrade`")
+    engine.dispose()
+    if database_url:
+        os.environ["OTACM_DATABASE_URL"] = database_url
+    uvicorn.run("otacm.app:create_app", factory=True, host=host or settings.host,
+                port=port or settings.port, workers=workers, log_level=settings.log_level)
+
+
+def _register() -> None:
+    from otacm.bench.cli import app as bench_app
+    from otacm.demo import demo
+    from otacm.fleet.cli import fleet_app, vehicles_app
+
+    app.add_typer(fleet_app, name="fleet")
+    app.add_typer(vehicles_app, name="vehicles")
+    app.add_typer(bench_app, name="bench")
+    app.command()(demo)
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main", "Path"]

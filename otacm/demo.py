@@ -1,0 +1,127 @@
+"""`otacm demo`: the main job on an embedded database, in one command.
+
+It makes a fresh SQLite registry, generates a synthetic fleet, imports it with a progress bar,
+starts the server on localhost and shows the fleet through the API.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from otacm.app import create_app
+from otacm.config import Settings
+from otacm.db import engine_from_settings, upgrade
+from otacm.fleet.cli import print_report
+from otacm.fleet.generator import write_export
+from otacm.fleet.importer import run_import
+
+console = Console()
+
+
+def _free_port(preferred: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+
+class _BackgroundServer(uvicorn.Server):
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not self.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        return thread
+
+
+def _show_fleet(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=30) as client:
+        first = client.get("/api/v1/vehicles", params={"limit": 5}).json()
+        table = Table("VIN", "model", "year", "fuel", "region", title="GET /api/v1/vehicles?limit=5")
+        for v in first["items"]:
+            table.add_row(v["vin"], v["model"], str(v["model_year"]), v["fuel_type"],
+                          f"{v['region']}/{v['country']}")
+        console.print(table)
+        electric = client.get("/api/v1/vehicles", params={
+            "fuel_type": "electric", "region": "EU", "ecu_type": "BMS", "limit": 1000}).json()
+        console.print(f"electric EU vehicles with a BMS (first page): {len(electric['items'])}")
+        vin = first["items"][0]["vin"]
+        detail = client.get(f"/api/v1/vehicles/{vin}").json()
+        ecus = Table("ECU", "serial", "hardware", "protocol", "software",
+                     title=f"GET /api/v1/vehicles/{vin}")
+        for e in detail["ecus"]:
+            ecus.add_row(e["ecu_type"], e["serial"],
+                         f"{e['hardware_part_number']} {e['hardware_version']}", e["protocol"],
+                         f"{e['software_part_number']} {e['software_version']}")
+        console.print(ecus)
+
+
+def demo(
+    vehicles: Annotated[int, typer.Option(min=1, help="Size of the synthetic fleet.")] = 3000,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic fleet.")] = 7,
+    data_dir: Annotated[Path, typer.Option(help="Where the demo database lives.")] = Path(
+        "otacm-data/demo"),
+    port: Annotated[int, typer.Option(help="Preferred port (a free one is used if taken).")] = 8080,
+    keep_serving: Annotated[bool, typer.Option(help="Leave the server up afterwards.")] = False,
+) -> None:
+    """Run the main job on an embedded database: fleet import and the API, end to end."""
+    started = time.monotonic()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = data_dir / "otacm.db"
+    for stale in data_dir.glob("otacm.db*"):
+        stale.unlink()
+    settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{database.as_posix()}")
+    engine = engine_from_settings(settings)
+    upgrade(engine)
+    console.rule("1. the manufacturing export")
+    export = Path(tempfile.mkdtemp(prefix="otacm-demo-")) / "fleet.jsonl"
+    with export.open("w", encoding="utf-8") as out:
+        rows = write_export(out, vehicles, seed, "jsonl")
+    console.print(f"generated {vehicles} vehicles with {rows} ECUs into {export}")
+    console.rule("2. fleet import")
+    from otacm.fleet.cli import _progress
+
+    with _progress("importing", export.stat().st_size, bytes_=True) as (progress, task), \
+            export.open("rb") as stream:
+        report = run_import(engine, stream, settings=settings, source_name=export.name,
+                            on_batch=lambda _r: progress.update(task, completed=stream.tell()))
+        progress.update(task, completed=export.stat().st_size)
+    print_report(report)
+    console.rule("3. the server")
+    port = _free_port(port)
+    base = f"http://127.0.0.1:{port}"
+    server = _BackgroundServer(uvicorn.Config(create_app(settings, engine), host="127.0.0.1",
+                                              port=port, log_level="warning"))
+    thread = server.start()
+    _show_fleet(base)
+    console.print(f"API: {base}/api/v1/vehicles   docs: {base}/api/v1/docs   "
+                  f"metrics: {base}/metrics")
+    console.print(f"demo finished in {time.monotonic() - started:.1f} s")
+    if keep_serving:
+        console.print("serving until Ctrl-C")
+        try:
+            thread.join()
+        except KeyboardInterrupt:
+            pass
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+__all__: list[Any] = ["demo"]

@@ -1,0 +1,5 @@
+"""Imports every domain's tables so that the metadata (and Alembic) sees the whole schema."""
+
+from otacm.fleet import models as fleet_models
+
+__all__ = ["fleet_models"]

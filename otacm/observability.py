@@ -1,0 +1,67 @@
+"""Prometheus metrics and the health endpoints."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import Engine, text
+
+from otacm.db import current_revision, head_revision
+
+REQUESTS = Counter(
+    "otacm_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "otacm_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+IMPORTED_RECORDS = Counter(
+    "otacm_fleet_import_records_total", "Manufacturing export records read", ["outcome"]
+)
+
+router = APIRouter(tags=["operations"])
+
+
+async def record_request(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    # The route template, not the path: one series per endpoint, not per VIN.
+    name = getattr(route, "path", "unmatched")
+    LATENCY.labels(request.method, name).observe(time.perf_counter() - started)
+    REQUESTS.labels(request.method, name, str(response.status_code)).inc()
+    return response
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    """The database answers and its schema is at the version this code needs."""
+    engine: Engine = request.app.state.engine
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        current, head = current_revision(engine), head_revision(engine)
+    except Exception as exc:  # any failure to reach the database means "not ready"
+        return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, 503)
+    if current != head:
+        return JSONResponse(
+            {"status": "not_migrated", "detail": f"schema {current}, needs {head}: "
+             "run `otacm db upgrade`"}, 503)
+    return JSONResponse({"status": "ok", "schema": current})
