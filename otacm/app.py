@@ -27,7 +27,12 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     first = errors[0] if errors else {}
-    location = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    # ("query", "fuel_type", 0) names the field fuel_type: sources and list indexes go.
+    location = [
+        str(p)
+        for p in first.get("loc", ())
+        if p not in ("body", "query", "path", "header") and not isinstance(p, int)
+    ]
     body: dict[str, Any] = {
         "error": "validation_failed",
         "detail": first.get("msg", "invalid request"),

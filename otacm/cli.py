@@ -11,8 +11,11 @@ from rich.console import Console
 from otacm.config import Settings, get_settings
 from otacm.db import current_revision, engine_from_settings, head_revision, upgrade
 
-app = typer.Typer(help="otacm: over-the-air update campaigns for vehicle fleets.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="otacm: over-the-air update campaigns for vehicle fleets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console(stderr=True)
@@ -67,8 +70,14 @@ def serve(
     engine.dispose()
     if database_url:
         os.environ["OTACM_DATABASE_URL"] = database_url
-    uvicorn.run("otacm.app:create_app", factory=True, host=host or settings.host,
-                port=port or settings.port, workers=workers, log_level=settings.log_level)
+    uvicorn.run(
+        "otacm.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        log_level=settings.log_level,
+    )
 
 
 def _register() -> None:

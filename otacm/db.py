@@ -72,7 +72,9 @@ def sqlite_timestamp(value: datetime) -> str:
 
 
 def is_postgresql(engine_or_dialect: Engine | Dialect) -> bool:
-    dialect = engine_or_dialect.dialect if isinstance(engine_or_dialect, Engine) else engine_or_dialect
+    dialect = (
+        engine_or_dialect.dialect if isinstance(engine_or_dialect, Engine) else engine_or_dialect
+    )
     return dialect.name == "postgresql"
 
 

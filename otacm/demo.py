@@ -6,6 +6,7 @@ starts the server on localhost and shows the fleet through the API.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 import threading
@@ -54,22 +55,36 @@ class _BackgroundServer(uvicorn.Server):
 def _show_fleet(base: str) -> None:
     with httpx.Client(base_url=base, timeout=30) as client:
         first = client.get("/api/v1/vehicles", params={"limit": 5}).json()
-        table = Table("VIN", "model", "year", "fuel", "region", title="GET /api/v1/vehicles?limit=5")
+        table = Table(
+            "VIN", "model", "year", "fuel", "region", title="GET /api/v1/vehicles?limit=5"
+        )
         for v in first["items"]:
-            table.add_row(v["vin"], v["model"], str(v["model_year"]), v["fuel_type"],
-                          f"{v['region']}/{v['country']}")
+            table.add_row(
+                v["vin"],
+                v["model"],
+                str(v["model_year"]),
+                v["fuel_type"],
+                f"{v['region']}/{v['country']}",
+            )
         console.print(table)
-        electric = client.get("/api/v1/vehicles", params={
-            "fuel_type": "electric", "region": "EU", "ecu_type": "BMS", "limit": 1000}).json()
+        electric = client.get(
+            "/api/v1/vehicles",
+            params={"fuel_type": "electric", "region": "EU", "ecu_type": "BMS", "limit": 1000},
+        ).json()
         console.print(f"electric EU vehicles with a BMS (first page): {len(electric['items'])}")
         vin = first["items"][0]["vin"]
         detail = client.get(f"/api/v1/vehicles/{vin}").json()
-        ecus = Table("ECU", "serial", "hardware", "protocol", "software",
-                     title=f"GET /api/v1/vehicles/{vin}")
+        ecus = Table(
+            "ECU", "serial", "hardware", "protocol", "software", title=f"GET /api/v1/vehicles/{vin}"
+        )
         for e in detail["ecus"]:
-            ecus.add_row(e["ecu_type"], e["serial"],
-                         f"{e['hardware_part_number']} {e['hardware_version']}", e["protocol"],
-                         f"{e['software_part_number']} {e['software_version']}")
+            ecus.add_row(
+                e["ecu_type"],
+                e["serial"],
+                f"{e['hardware_part_number']} {e['hardware_version']}",
+                e["protocol"],
+                f"{e['software_part_number']} {e['software_version']}",
+            )
         console.print(ecus)
 
 
@@ -77,7 +92,8 @@ def demo(
     vehicles: Annotated[int, typer.Option(min=1, help="Size of the synthetic fleet.")] = 3000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic fleet.")] = 7,
     data_dir: Annotated[Path, typer.Option(help="Where the demo database lives.")] = Path(
-        "otacm-data/demo"),
+        "otacm-data/demo"
+    ),
     port: Annotated[int, typer.Option(help="Preferred port (a free one is used if taken).")] = 8080,
     keep_serving: Annotated[bool, typer.Option(help="Leave the server up afterwards.")] = False,
 ) -> None:
@@ -98,28 +114,37 @@ def demo(
     console.rule("2. fleet import")
     from otacm.fleet.cli import _progress
 
-    with _progress("importing", export.stat().st_size, bytes_=True) as (progress, task), \
-            export.open("rb") as stream:
-        report = run_import(engine, stream, settings=settings, source_name=export.name,
-                            on_batch=lambda _r: progress.update(task, completed=stream.tell()))
+    with (
+        _progress("importing", export.stat().st_size, bytes_=True) as (progress, task),
+        export.open("rb") as stream,
+    ):
+        report = run_import(
+            engine,
+            stream,
+            settings=settings,
+            source_name=export.name,
+            on_batch=lambda _r: progress.update(task, completed=stream.tell()),
+        )
         progress.update(task, completed=export.stat().st_size)
     print_report(report)
     console.rule("3. the server")
     port = _free_port(port)
     base = f"http://127.0.0.1:{port}"
-    server = _BackgroundServer(uvicorn.Config(create_app(settings, engine), host="127.0.0.1",
-                                              port=port, log_level="warning"))
+    server = _BackgroundServer(
+        uvicorn.Config(
+            create_app(settings, engine), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = server.start()
     _show_fleet(base)
-    console.print(f"API: {base}/api/v1/vehicles   docs: {base}/api/v1/docs   "
-                  f"metrics: {base}/metrics")
+    console.print(
+        f"API: {base}/api/v1/vehicles   docs: {base}/api/v1/docs   metrics: {base}/metrics"
+    )
     console.print(f"demo finished in {time.monotonic() - started:.1f} s")
     if keep_serving:
         console.print("serving until Ctrl-C")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             thread.join()
-        except KeyboardInterrupt:
-            pass
     server.should_exit = True
     thread.join(timeout=10)
 

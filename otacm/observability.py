@@ -16,7 +16,9 @@ REQUESTS = Counter(
     "otacm_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
 )
 LATENCY = Histogram(
-    "otacm_http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"],
+    "otacm_http_request_duration_seconds",
+    "Time to answer an HTTP request",
+    ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 IMPORTED_RECORDS = Counter(
@@ -62,6 +64,10 @@ def readyz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "unavailable", "detail": type(exc).__name__}, 503)
     if current != head:
         return JSONResponse(
-            {"status": "not_migrated", "detail": f"schema {current}, needs {head}: "
-             "run `otacm db upgrade`"}, 503)
+            {
+                "status": "not_migrated",
+                "detail": f"schema {current}, needs {head}: run `otacm db upgrade`",
+            },
+            503,
+        )
     return JSONResponse({"status": "ok", "schema": current})

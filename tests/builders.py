@@ -19,22 +19,43 @@ def vin(n: int, wmi: str = "WXA") -> str:
 
 def ecu(serial: str, ecu_type: str = "BCM", **overrides: Any) -> dict[str, Any]:
     data = {
-        "ecu_type": ecu_type, "serial": serial, "hardware_part_number": "5Q0937084",
-        "hardware_version": "B2", "protocol": "CAN", "software_part_number": "5Q0937084AB",
-        "software_version": "4.1.0", "calibration_id": "CAL-0042",
+        "ecu_type": ecu_type,
+        "serial": serial,
+        "hardware_part_number": "5Q0937084",
+        "hardware_version": "B2",
+        "protocol": "CAN",
+        "software_part_number": "5Q0937084AB",
+        "software_version": "4.1.0",
+        "calibration_id": "CAL-0042",
     }
     data.update(overrides)
     return data
 
 
-def vehicle(n: int, *, exported_at: str = "2025-03-02T00:00:00Z", ecus: list[dict[str, Any]]
-            | None = None, **overrides: Any) -> dict[str, Any]:
+def vehicle(
+    n: int,
+    *,
+    exported_at: str = "2025-03-02T00:00:00Z",
+    ecus: list[dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     data: dict[str, Any] = {
-        "vin": vin(n), "engine_number": f"CJX{n:06d}", "chassis_number": f"CH-{n:06d}",
-        "model": "Aurora", "model_year": 2025, "fuel_type": "electric", "region": "EU",
-        "country": "DE", "manufactured_at": "2025-03-01T10:00:00Z", "exported_at": exported_at,
-        "ecus": ecus if ecus is not None else [ecu(f"BCM-{n:06d}"), ecu(
-            f"BMS-{n:06d}", "BMS", protocol="CAN_FD", software_version="2.0.0")],
+        "vin": vin(n),
+        "engine_number": f"CJX{n:06d}",
+        "chassis_number": f"CH-{n:06d}",
+        "model": "Aurora",
+        "model_year": 2025,
+        "fuel_type": "electric",
+        "region": "EU",
+        "country": "DE",
+        "manufactured_at": "2025-03-01T10:00:00Z",
+        "exported_at": exported_at,
+        "ecus": ecus
+        if ecus is not None
+        else [
+            ecu(f"BCM-{n:06d}"),
+            ecu(f"BMS-{n:06d}", "BMS", protocol="CAN_FD", software_version="2.0.0"),
+        ],
     }
     data.update(overrides)
     return data
@@ -51,9 +72,15 @@ def csv_bytes(records: list[dict[str, Any]], extra_columns: list[str] = ()) -> b
     for r in records:
         vehicle_values = [r.get(c, "") for c in CSV_HEADER[:10]]
         for e in r["ecus"]:
-            writer.writerow([*vehicle_values, e["ecu_type"], e["serial"],
-                             *[e.get(c) or "" for c in CSV_HEADER[12:]],
-                             *[r.get(c, "") for c in extra_columns]])
+            writer.writerow(
+                [
+                    *vehicle_values,
+                    e["ecu_type"],
+                    e["serial"],
+                    *[e.get(c) or "" for c in CSV_HEADER[12:]],
+                    *[r.get(c, "") for c in extra_columns],
+                ]
+            )
     return out.getvalue().encode()
 
 

@@ -8,46 +8,102 @@ transaction: nothing commits.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    String,
+    and_,
+    any_,
+    bindparam,
+    func,
+    literal_column,
+    select,
+)
 
 from otacm.db import is_postgresql, sqlite_timestamp
 from otacm.fleet.models import Ecu, Vehicle
 
-# Bound parameters per statement: well below SQLite's 32,766 and PostgreSQL's 65,535.
-_CHUNK = 10_000
-
 VEHICLE_COLUMNS = (
-    "id", "vin", "engine_number", "chassis_number", "model", "model_year", "fuel_type",
-    "region", "country", "manufactured_at", "exported_at", "status", "attributes",
-    "vehicle_public_key", "rxswin", "import_id", "created_at", "updated_at",
+    "id",
+    "vin",
+    "engine_number",
+    "chassis_number",
+    "model",
+    "model_year",
+    "fuel_type",
+    "region",
+    "country",
+    "manufactured_at",
+    "exported_at",
+    "status",
+    "attributes",
+    "vehicle_public_key",
+    "rxswin",
+    "import_id",
+    "created_at",
+    "updated_at",
 )
 ECU_COLUMNS = (
-    "vehicle_id", "ecu_type", "serial", "hardware_part_number", "hardware_version", "protocol",
-    "software_part_number", "software_version", "calibration_id", "software_source",
-    "software_observed_at", "import_id", "removed_at", "updated_at",
+    "vehicle_id",
+    "ecu_type",
+    "serial",
+    "hardware_part_number",
+    "hardware_version",
+    "protocol",
+    "software_part_number",
+    "software_version",
+    "calibration_id",
+    "software_source",
+    "software_observed_at",
+    "import_id",
+    "removed_at",
+    "updated_at",
 )
 HISTORY_COLUMNS = (
-    "ecu_id", "change", "vehicle_id", "hardware_part_number", "hardware_version", "protocol",
-    "software_part_number", "software_version", "calibration_id", "software_source",
-    "software_observed_at", "import_id", "changed_by_import_id", "changed_to_vehicle_id",
-    "changed_at", "recorded_at",
+    "ecu_id",
+    "change",
+    "vehicle_id",
+    "hardware_part_number",
+    "hardware_version",
+    "protocol",
+    "software_part_number",
+    "software_version",
+    "calibration_id",
+    "software_source",
+    "software_observed_at",
+    "import_id",
+    "changed_by_import_id",
+    "changed_to_vehicle_id",
+    "changed_at",
+    "recorded_at",
 )
-VEHICLE_UPDATE_COLUMNS = VEHICLE_COLUMNS[2:11] + ("attributes", "vehicle_public_key", "rxswin",
-                                                 "import_id", "updated_at")
+VEHICLE_UPDATE_COLUMNS = VEHICLE_COLUMNS[2:11] + (
+    "attributes",
+    "vehicle_public_key",
+    "rxswin",
+    "import_id",
+    "updated_at",
+)
 ECU_UPDATE_COLUMNS = (
-    "vehicle_id", "ecu_type", "hardware_part_number", "hardware_version", "protocol",
-    "software_part_number", "software_version", "calibration_id", "software_source",
-    "software_observed_at", "import_id", "removed_at", "updated_at",
+    "vehicle_id",
+    "ecu_type",
+    "hardware_part_number",
+    "hardware_version",
+    "protocol",
+    "software_part_number",
+    "software_version",
+    "calibration_id",
+    "software_source",
+    "software_observed_at",
+    "import_id",
+    "removed_at",
+    "updated_at",
 )
-
-
-def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
 
 
 class BulkIO:
@@ -64,36 +120,44 @@ class BulkIO:
 
     # -- reads ---------------------------------------------------------------------------------
 
+    def _keys_in(self, column: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
+        """`column IN keys` as one bound parameter: an array on PostgreSQL, a JSON array read
+        by json_each on SQLite. Thousands of separate parameters cost more to send than to look up.
+        """
+        condition: ColumnElement[bool]
+        if self.postgresql:
+            condition = column == any_(bindparam("keys", list(keys), type_=ARRAY(column.type)))
+            return condition
+        condition = column.in_(
+            select(literal_column("value")).select_from(
+                func.json_each(bindparam("keys", json.dumps(list(keys)), type_=String()))
+            )
+        )
+        return condition
+
     def vehicles_by_vin(self, vins: Sequence[str]) -> list[Any]:
-        rows: list[Any] = []
-        for chunk in _chunks(vins):
-            rows.extend(self.conn.execute(select(Vehicle.__table__).where(Vehicle.vin.in_(chunk))))
-        return rows
+        if not vins:
+            return []
+        query = select(Vehicle.__table__).where(self._keys_in(Vehicle.vin, vins))
+        return list(self.conn.execute(query))
+
+    def _ecus_where(self, condition: ColumnElement[bool]) -> list[Any]:
+        query = select(
+            Ecu.__table__,
+            Vehicle.vin.label("owner_vin"),
+            Vehicle.exported_at.label("owner_exported_at"),
+        ).join(Vehicle, Vehicle.id == Ecu.vehicle_id)
+        return list(self.conn.execute(query.where(condition)))
 
     def ecus_by_serial(self, serials: Sequence[str]) -> list[Any]:
-        rows: list[Any] = []
-        query = select(Ecu.__table__, Vehicle.vin.label("owner_vin"),
-                       Vehicle.exported_at.label("owner_exported_at")).join(
-            Vehicle, Vehicle.id == Ecu.vehicle_id
-        )
-        for chunk in _chunks(serials):
-            rows.extend(self.conn.execute(query.where(Ecu.serial.in_(chunk))))
-        return rows
+        return self._ecus_where(self._keys_in(Ecu.serial, serials)) if serials else []
 
     def active_ecus_of(self, vehicle_ids: Sequence[int]) -> list[Any]:
-        rows: list[Any] = []
-        query = select(Ecu.__table__, Vehicle.vin.label("owner_vin"),
-                       Vehicle.exported_at.label("owner_exported_at")).join(
-            Vehicle, Vehicle.id == Ecu.vehicle_id
+        if not vehicle_ids:
+            return []
+        return self._ecus_where(
+            and_(self._keys_in(Ecu.vehicle_id, vehicle_ids), Ecu.removed_at.is_(None))
         )
-        for start in range(0, len(vehicle_ids), _CHUNK):
-            chunk = vehicle_ids[start : start + _CHUNK]
-            rows.extend(
-                self.conn.execute(
-                    query.where(Ecu.vehicle_id.in_(chunk), Ecu.removed_at.is_(None))
-                )
-            )
-        return rows
 
     # -- ids -----------------------------------------------------------------------------------
 
@@ -118,9 +182,10 @@ class BulkIO:
         if self.postgresql:
             raw = self.conn.connection.driver_connection
             assert raw is not None
-            with raw.cursor() as cursor, cursor.copy(
-                f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-            ) as copy:
+            with (
+                raw.cursor() as cursor,
+                cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+            ):
                 for row in rows:
                     copy.write_row(row)
             return
@@ -142,50 +207,28 @@ class BulkIO:
     # -- keys seen earlier in the same file ----------------------------------------------------
 
     def create_seen_tables(self) -> None:
-        prefix = "CREATE TEMPORARY TABLE IF NOT EXISTS"
         self.conn.exec_driver_sql(
-            f"{prefix} import_seen_vins (vin VARCHAR(17) PRIMARY KEY, line INTEGER NOT NULL)"
-        )
-        self.conn.exec_driver_sql(
-            f"{prefix} import_seen_serials (serial VARCHAR(64) PRIMARY KEY, "
-            "vin VARCHAR(17) NOT NULL, line INTEGER NOT NULL)"
+            "CREATE TEMPORARY TABLE IF NOT EXISTS import_seen_vins "
+            "(vin VARCHAR(17) PRIMARY KEY, line INTEGER NOT NULL)"
         )
 
     def drop_seen_tables(self) -> None:
         self.conn.exec_driver_sql("DROP TABLE IF EXISTS import_seen_vins")
-        self.conn.exec_driver_sql("DROP TABLE IF EXISTS import_seen_serials")
 
     def seen_vins(self, vins: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
-        for chunk in _chunks(vins):
-            marks = ", ".join(self.mark for _ in chunk)
-            rows = self.conn.exec_driver_sql(
-                f"SELECT vin, line FROM import_seen_vins WHERE vin IN ({marks})", tuple(chunk)
-            )
-            found.update((vin, line) for vin, line in rows)
-        return found
-
-    def seen_serials(self, serials: Sequence[str]) -> dict[str, tuple[str, int]]:
-        found: dict[str, tuple[str, int]] = {}
-        for chunk in _chunks(serials):
-            marks = ", ".join(self.mark for _ in chunk)
-            for serial, vin, line in self.conn.exec_driver_sql(
-                f"SELECT serial, vin, line FROM import_seen_serials WHERE serial IN ({marks})",
-                tuple(chunk),
-            ):
-                found[serial] = (vin, line)
-        return found
-
-    def remember(self, vins: list[tuple[str, int]], serials: list[tuple[str, str, int]]) -> None:
-        """Record keys accepted from this file; a key already present keeps its first line."""
+        """VINs taken earlier in the same file, with the line that took them."""
+        if not vins:
+            return {}
+        param: list[str] | str
         if self.postgresql:
-            self.insert("import_seen_vins", ("vin", "line"), [v for v in vins])
-            self.insert("import_seen_serials", ("serial", "vin", "line"), serials)
-            return
-        self.conn.exec_driver_sql(
-            "INSERT OR IGNORE INTO import_seen_vins (vin, line) VALUES (?, ?)", vins
+            sql, param = "= ANY(%s)", list(vins)
+        else:
+            sql, param = "IN (SELECT value FROM json_each(?))", json.dumps(list(vins))
+        rows = self.conn.exec_driver_sql(
+            f"SELECT vin, line FROM import_seen_vins WHERE vin {sql}", (param,)
         )
-        self.conn.exec_driver_sql(
-            "INSERT OR IGNORE INTO import_seen_serials (serial, vin, line) VALUES (?, ?, ?)",
-            serials,
-        )
+        return {vin: line for vin, line in rows}
+
+    def remember(self, vins: list[tuple[str, int]]) -> None:
+        """Record VINs taken from this file; the caller passes only ones not seen before."""
+        self.insert("import_seen_vins", ("vin", "line"), vins)

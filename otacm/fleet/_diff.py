@@ -43,8 +43,19 @@ class StoredEcu:
 
 
 def vehicle_data(r: VehicleRecord) -> tuple[Any, ...]:
-    return (r.engine_number, r.chassis_number, r.model, r.model_year, r.fuel_type, r.region,
-            r.country, r.manufactured_at, r.vehicle_public_key, r.rxswin, r.attributes)
+    return (
+        r.engine_number,
+        r.chassis_number,
+        r.model,
+        r.model_year,
+        r.fuel_type,
+        r.region,
+        r.country,
+        r.manufactured_at,
+        r.vehicle_public_key,
+        r.rxswin,
+        r.attributes,
+    )
 
 
 def ecu_hardware(e: EcuRecord) -> tuple[str, str, str, str]:
@@ -97,25 +108,32 @@ class BatchDiff:
     new_ecus: list[tuple[Any, ...]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
 
-    def apply(self, record: VehicleRecord, line: int) -> None:
-        """Apply one record, or raise RecordConflict and change nothing."""
+    def apply(self, record: VehicleRecord, line: int) -> bool:
+        """Apply one record, or raise RecordConflict and change nothing.
+
+        Returns False for a stale record (older than the registry's data), which changes and
+        claims nothing.
+        """
         stored = self.vehicles.get(record.vin)
         exported_at = record.exported_at
         repeat_of = self.repeated_vins.get(record.vin)
         if stored is not None and exported_at < stored.exported_at:
             if repeat_of is not None:
-                raise RecordConflict("vin", f"VIN repeats line {repeat_of} of this file "
-                                     "with different data")
+                raise RecordConflict(
+                    "vin", f"VIN repeats line {repeat_of} of this file with different data"
+                )
             self.counts.vehicles_stale += 1
-            return
+            return False
         data = vehicle_data(record)
         vehicle_changed = stored is None or data != stored.data
         plan = self._plan_ecus(record, stored)
         ecu_changes = any(kind != "same" for kind, _ in plan) or self._removals(record, stored)
-        if repeat_of is not None and (vehicle_changed or ecu_changes
-                                      or exported_at != stored.exported_at):  # type: ignore[union-attr]
-            raise RecordConflict("vin", f"VIN repeats line {repeat_of} of this file "
-                                 "with different data")
+        if repeat_of is not None and (
+            vehicle_changed or ecu_changes or stored is None or exported_at != stored.exported_at
+        ):
+            raise RecordConflict(
+                "vin", f"VIN repeats line {repeat_of} of this file with different data"
+            )
         self.repeated_vins.setdefault(record.vin, line)
 
         if stored is None:
@@ -124,13 +142,28 @@ class BatchDiff:
             self.vehicles[record.vin] = stored
             self.active_by_vehicle[vehicle_id] = []
             ts = self.timestamp
-            self.new_vehicles.append((
-                vehicle_id, record.vin, record.engine_number, record.chassis_number, record.model,
-                record.model_year, record.fuel_type, record.region, record.country,
-                ts(record.manufactured_at), ts(exported_at), "active",
-                _json(record.attributes), record.vehicle_public_key, record.rxswin,
-                self.import_id, ts(self.now), ts(self.now),
-            ))
+            self.new_vehicles.append(
+                (
+                    vehicle_id,
+                    record.vin,
+                    record.engine_number,
+                    record.chassis_number,
+                    record.model,
+                    record.model_year,
+                    record.fuel_type,
+                    record.region,
+                    record.country,
+                    ts(record.manufactured_at),
+                    ts(exported_at),
+                    "active",
+                    _json(record.attributes),
+                    record.vehicle_public_key,
+                    record.rxswin,
+                    self.import_id,
+                    ts(self.now),
+                    ts(self.now),
+                )
+            )
             self.counts.vehicles_created += 1
         else:
             if vehicle_changed:
@@ -140,10 +173,12 @@ class BatchDiff:
             if vehicle_changed or exported_at > stored.exported_at:
                 previous = self.changed_vehicles.get(stored.id)
                 self.changed_vehicles[stored.id] = (
-                    record, vehicle_changed or (previous is not None and previous[1])
+                    record,
+                    vehicle_changed or (previous is not None and previous[1]),
                 )
             stored.data, stored.exported_at = data, exported_at
         self._apply_ecus(record, stored, plan)
+        return True
 
     def _plan_ecus(
         self, record: VehicleRecord, vehicle: StoredVehicle | None
@@ -157,8 +192,10 @@ class BatchDiff:
                 plan.append(("create", ecu))
             elif stored.vehicle_id == vehicle_id and stored.removed_at is None:
                 hardware_changed = stored.hardware != ecu_hardware(ecu)
-                software_changed = (stored.software != ecu_software(ecu)
-                                    and record.exported_at > stored.software_observed_at)
+                software_changed = (
+                    stored.software != ecu_software(ecu)
+                    and record.exported_at > stored.software_observed_at
+                )
                 plan.append(("update" if hardware_changed or software_changed else "same", ecu))
             else:
                 owner = self.vehicles.get(stored.owner_vin)
@@ -178,13 +215,15 @@ class BatchDiff:
             return False
         listed = {e.serial for e in record.ecus}
         return any(
-            serial not in listed and self.ecus[serial].vehicle_id == vehicle.id
+            serial not in listed
+            and self.ecus[serial].vehicle_id == vehicle.id
             and self.ecus[serial].removed_at is None
             for serial in self.active_by_vehicle.get(vehicle.id, ())
         )
 
-    def _apply_ecus(self, record: VehicleRecord, vehicle: StoredVehicle,
-                    plan: list[tuple[str, EcuRecord]]) -> None:
+    def _apply_ecus(
+        self, record: VehicleRecord, vehicle: StoredVehicle, plan: list[tuple[str, EcuRecord]]
+    ) -> None:
         ts = self.timestamp
         at = record.exported_at
         counts = self.counts
@@ -192,12 +231,40 @@ class BatchDiff:
         for kind, ecu in plan:
             listed.add(ecu.serial)
             if kind == "create":
-                self.new_ecus.append((
-                    vehicle.id, ecu.ecu_type, ecu.serial, ecu.hardware_part_number,
-                    ecu.hardware_version, ecu.protocol, ecu.software_part_number,
-                    ecu.software_version, ecu.calibration_id, "import", ts(at), self.import_id,
-                    None, ts(self.now),
-                ))
+                self.new_ecus.append(
+                    (
+                        vehicle.id,
+                        ecu.ecu_type,
+                        ecu.serial,
+                        ecu.hardware_part_number,
+                        ecu.hardware_version,
+                        ecu.protocol,
+                        ecu.software_part_number,
+                        ecu.software_version,
+                        ecu.calibration_id,
+                        "import",
+                        ts(at),
+                        self.import_id,
+                        None,
+                        ts(self.now),
+                    )
+                )
+                # Known to later records of this batch (a repeat of this VIN must match it);
+                # the id is never used, as nothing else may change an ECU created here.
+                self.ecus[ecu.serial] = StoredEcu(
+                    -1,
+                    ecu.serial,
+                    vehicle.id,
+                    vehicle.vin,
+                    at,
+                    ecu_hardware(ecu),
+                    ecu_software(ecu),
+                    "import",
+                    at,
+                    self.import_id,
+                    None,
+                )
+                self.active_by_vehicle.setdefault(vehicle.id, []).append(ecu.serial)
                 counts.ecus_created += 1
                 continue
             stored = self.ecus[ecu.serial]
@@ -227,34 +294,71 @@ class BatchDiff:
             stored.removed_at, stored.import_id, stored.changed = at, self.import_id, True
             counts.ecus_removed += 1
 
-    def _record_history(self, stored: StoredEcu, change: str, to_vehicle: int | None,
-                        at: datetime) -> None:
+    def _record_history(
+        self, stored: StoredEcu, change: str, to_vehicle: int | None, at: datetime
+    ) -> None:
         ts = self.timestamp
-        self.history.append((
-            stored.id, change, stored.vehicle_id, *stored.hardware[1:], *stored.software,
-            stored.software_source, ts(stored.software_observed_at), stored.import_id,
-            self.import_id, to_vehicle, ts(at), ts(self.now),
-        ))
+        self.history.append(
+            (
+                stored.id,
+                change,
+                stored.vehicle_id,
+                *stored.hardware[1:],
+                *stored.software,
+                stored.software_source,
+                ts(stored.software_observed_at),
+                stored.import_id,
+                self.import_id,
+                to_vehicle,
+                ts(at),
+                ts(self.now),
+            )
+        )
 
     def changed_ecu_rows(self) -> list[tuple[Any, ...]]:
         """UPDATE rows (columns of `ECU_UPDATE_COLUMNS`, then the id) for every changed ECU."""
         ts = self.timestamp
         return [
-            (e.vehicle_id, *e.hardware, *e.software, e.software_source,
-             ts(e.software_observed_at), e.import_id,
-             ts(e.removed_at) if e.removed_at else None, ts(self.now), e.id)
-            for e in self.ecus.values() if e.changed
+            (
+                e.vehicle_id,
+                *e.hardware,
+                *e.software,
+                e.software_source,
+                ts(e.software_observed_at),
+                e.import_id,
+                ts(e.removed_at) if e.removed_at else None,
+                ts(self.now),
+                e.id,
+            )
+            for e in self.ecus.values()
+            if e.changed
         ]
 
-    def changed_vehicle_rows(self, to_json: Callable[[dict[str, Any]], str]) -> list[tuple[Any, ...]]:
+    def changed_vehicle_rows(
+        self, to_json: Callable[[dict[str, Any]], str]
+    ) -> list[tuple[Any, ...]]:
         ts = self.timestamp
         rows = []
         for vehicle_id, (r, _) in self.changed_vehicles.items():
-            rows.append((
-                r.engine_number, r.chassis_number, r.model, r.model_year, r.fuel_type, r.region,
-                r.country, ts(r.manufactured_at), ts(r.exported_at), to_json(r.attributes),
-                r.vehicle_public_key, r.rxswin, self.import_id, ts(self.now), vehicle_id,
-            ))
+            rows.append(
+                (
+                    r.engine_number,
+                    r.chassis_number,
+                    r.model,
+                    r.model_year,
+                    r.fuel_type,
+                    r.region,
+                    r.country,
+                    ts(r.manufactured_at),
+                    ts(r.exported_at),
+                    to_json(r.attributes),
+                    r.vehicle_public_key,
+                    r.rxswin,
+                    self.import_id,
+                    ts(self.now),
+                    vehicle_id,
+                )
+            )
         return rows
 
 

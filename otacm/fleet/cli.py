@@ -10,7 +10,14 @@ from typing import IO, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from otacm.cli import DatabaseOption, settings_with
@@ -22,8 +29,9 @@ from otacm.fleet.generator import write_export
 from otacm.fleet.importer import ImportReport, run_import
 from otacm.fleet.parser import ImportFileError
 
-fleet_app = typer.Typer(help="The fleet registry: manufacturing exports in and out.",
-                        no_args_is_help=True)
+fleet_app = typer.Typer(
+    help="The fleet registry: manufacturing exports in and out.", no_args_is_help=True
+)
 vehicles_app = typer.Typer(help="Single vehicles.", no_args_is_help=True)
 console = Console(stderr=True)
 
@@ -39,12 +47,21 @@ def generate(
     if format not in ("jsonl", "csv"):
         raise typer.BadParameter("use jsonl or csv", param_hint="--format")
     out.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if out.suffix == ".gz" else open
-    with _progress("generating", vehicles, bytes_=False) as (progress, task), \
-            opener(out, "wt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
-        rows = write_export(handle, vehicles, seed, format,
-                            on_vehicle=lambda n: progress.update(task, completed=n))
+    with (
+        _progress("generating", vehicles, bytes_=False) as (progress, task),
+        _open_text(out) as handle,
+    ):
+        rows = write_export(
+            handle, vehicles, seed, format, on_vehicle=lambda n: progress.update(task, completed=n)
+        )
     console.print(f"wrote {vehicles} vehicles ({rows} ECU rows) to {out}")
+
+
+def _open_text(path: Path) -> IO[str]:
+    """A text file for writing; gzip-compressed when the name ends in .gz."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "wt", encoding="utf-8", newline="")
+    return path.open("w", encoding="utf-8", newline="")
 
 
 def _progress(label: str, total: int, *, bytes_: bool) -> _ProgressContext:
@@ -55,11 +72,10 @@ class _ProgressContext:
     def __init__(self, label: str, total: int, bytes_: bool) -> None:
         columns = [TextColumn(label), BarColumn(), TextColumn("{task.percentage:>5.1f}%")]
         columns += [DownloadColumn()] if bytes_ else [TextColumn("{task.completed} vehicles")]
-        self.progress = Progress(*columns, TimeRemainingColumn(), console=console,
-                                 transient=False)
+        self.progress = Progress(*columns, TimeRemainingColumn(), console=console, transient=False)
         self.total = total
 
-    def __enter__(self) -> tuple[Progress, int]:
+    def __enter__(self) -> tuple[Progress, TaskID]:
         self.progress.__enter__()
         return self.progress, self.progress.add_task("", total=self.total)
 
@@ -79,8 +95,10 @@ def print_report(report: ImportReport, limit: int = 50) -> None:
         console.print(rejected)
         more = report.records_rejected - min(limit, len(report.rejections))
         if more > 0:
-            console.print(f"… and more: every rejection is listed by "
-                          f"GET /api/v1/fleet/imports/{report.import_id}/rejections")
+            console.print(
+                f"… and more: every rejection is listed by "
+                f"GET /api/v1/fleet/imports/{report.import_id}/rejections"
+            )
     if report.status == "rejected":
         console.print("[red]strict import: nothing was taken because records were rejected")
 
@@ -106,12 +124,20 @@ def import_file(
         stream, total = open(file, "rb"), os.path.getsize(file)  # noqa: SIM115
     try:
         with _progress("importing", total or 1, bytes_=True) as (progress, task):
+
             def advance(_report: ImportReport) -> None:
                 if total:
                     progress.update(task, completed=stream.tell())
-            report = run_import(engine, stream, settings=settings, source_name=str(file),
-                                strict=strict, started_by=os.environ.get("USER"),
-                                on_batch=advance)
+
+            report = run_import(
+                engine,
+                stream,
+                settings=settings,
+                source_name=str(file),
+                strict=strict,
+                started_by=os.environ.get("USER"),
+                on_batch=advance,
+            )
             progress.update(task, completed=total or 1)
     except ImportFileError as exc:
         console.print(f"[red]{exc.detail}")
@@ -125,8 +151,10 @@ def import_file(
 @fleet_app.command("export")
 def export(
     format: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
-    out: Annotated[Path | None, typer.Option("--out", help="File (.gz compresses); "
-                                             "standard output if not given.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="File (.gz compresses); standard output if not given."),
+    ] = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Write the whole registry in the manufacturing export format."""
@@ -137,8 +165,7 @@ def export(
         for chunk in export_fleet(engine, format):
             sys.stdout.write(chunk)
         return
-    opener = gzip.open if out.suffix == ".gz" else open
-    with opener(out, "wt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
+    with _open_text(out) as handle:
         for chunk in export_fleet(engine, format):
             handle.write(chunk)
     console.print(f"exported the registry to {out}")

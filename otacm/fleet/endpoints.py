@@ -63,16 +63,24 @@ def list_vehicles(
         key[5:]: value for key, value in request.query_params.items() if key.startswith("attr.")
     }
     f = repository.VehicleFilter(
-        models=model, model_year_min=model_year_min, model_year_max=model_year_max,
-        fuel_types=[f.value for f in fuel_type], regions=[r.value for r in region],
-        countries=[c.upper() for c in country], statuses=[s.value for s in status],
-        vin_prefix=vin_prefix, ecu_type=ecu_type, hardware_part_number=hardware_part_number,
-        hardware_version=hardware_version, software_version=software_version,
+        models=model,
+        model_year_min=model_year_min,
+        model_year_max=model_year_max,
+        fuel_types=[f.value for f in fuel_type],
+        regions=[r.value for r in region],
+        countries=[c.upper() for c in country],
+        statuses=[s.value for s in status],
+        vin_prefix=vin_prefix,
+        ecu_type=ecu_type,
+        hardware_part_number=hardware_part_number,
+        hardware_version=hardware_version,
+        software_version=software_version,
         attributes=attributes,
     )
     rows, next_cursor = repository.search_vehicles(session, f, limit=limit, cursor=cursor)
-    return VehiclePage(items=[VehicleSummary.model_validate(v) for v in rows],
-                       next_cursor=next_cursor)
+    return VehiclePage(
+        items=[VehicleSummary.model_validate(v) for v in rows], next_cursor=next_cursor
+    )
 
 
 @router.get("/vehicles/{vin}", response_model=VehicleDetail)
@@ -90,12 +98,20 @@ def change_vehicle_status(
     return VehicleSummary.model_validate(vehicle)
 
 
-@router.post("/fleet/imports", response_model=ImportReportOut,
-             openapi_extra={"requestBody": {"content": {
-                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                 "text/csv": {"schema": {"type": "string"}},
-                 "application/x-ndjson": {"schema": {"type": "string"}},
-             }, "required": True}})
+@router.post(
+    "/fleet/imports",
+    response_model=ImportReportOut,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+            "required": True,
+        }
+    },
+)
 async def import_fleet(
     request: Request,
     engine: Annotated[Engine, Depends(get_engine)],
@@ -112,13 +128,16 @@ async def import_fleet(
             spool.write(chunk)
         spool.seek(0)
         report = await run_in_threadpool(
-            run_import, engine, spool, settings=settings,  # type: ignore[arg-type]
-            source_name=filename, strict=strict,
+            run_import,
+            engine,
+            spool,
+            settings=settings,
+            source_name=filename,
+            strict=strict,
         )
     session = request.app.state.session_factory()
     try:
-        return service.import_report(session, report.import_id,
-                                     settings.import_report_rejections)
+        return service.import_report(session, report.import_id, settings.import_report_rejections)
     finally:
         session.close()
 
@@ -151,12 +170,16 @@ def import_rejections(
 ) -> RejectionPage:
     service.import_report(session, import_id, 0)
     rows, next_cursor = repository.rejections_of(session, import_id, limit=limit, cursor=cursor)
-    return RejectionPage(items=[RejectionOut.model_validate(r) for r in rows],
-                         next_cursor=next_cursor)
+    return RejectionPage(
+        items=[RejectionOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )
 
 
-@router.get("/fleet/export", response_class=StreamingResponse,
-            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}})
+@router.get(
+    "/fleet/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+)
 def export(
     engine: Annotated[Engine, Depends(get_engine)],
     format: Literal["jsonl", "csv"] = "jsonl",
@@ -166,7 +189,8 @@ def export(
     media = "application/x-ndjson" if format == "jsonl" else "text/csv"
     name = f"fleet-{stamp.strftime('%Y%m%dT%H%M%SZ')}.{format}"
     return StreamingResponse(
-        export_fleet(engine, format, stamp), media_type=media,
+        export_fleet(engine, format, stamp),
+        media_type=media,
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
 

@@ -39,7 +39,9 @@ def _pages(conn: Connection) -> Iterator[list[tuple[Any, list[Any]]]]:
     last_id = 0
     while True:
         vehicles = conn.execute(
-            select(Vehicle.__table__).where(Vehicle.id > last_id).order_by(Vehicle.id)
+            select(Vehicle.__table__)
+            .where(Vehicle.id > last_id)
+            .order_by(Vehicle.id)
             .limit(EXPORT_PAGE)
         ).all()
         if not vehicles:
@@ -57,9 +59,15 @@ def _pages(conn: Connection) -> Iterator[list[tuple[Any, list[Any]]]]:
 
 def _vehicle_fields(v: Any, exported_at: str) -> dict[str, Any]:
     return {
-        "vin": v.vin, "engine_number": v.engine_number, "chassis_number": v.chassis_number,
-        "model": v.model, "model_year": v.model_year, "fuel_type": v.fuel_type,
-        "region": v.region, "country": v.country, "manufactured_at": _iso(v.manufactured_at),
+        "vin": v.vin,
+        "engine_number": v.engine_number,
+        "chassis_number": v.chassis_number,
+        "model": v.model,
+        "model_year": v.model_year,
+        "fuel_type": v.fuel_type,
+        "region": v.region,
+        "country": v.country,
+        "manufactured_at": _iso(v.manufactured_at),
         "exported_at": exported_at,
     }
 
@@ -75,11 +83,16 @@ def export_jsonl(conn: Connection, exported_at: datetime) -> Iterator[str]:
                     record[name] = getattr(v, name)
             record.update(v.attributes or {})
             record["ecus"] = [
-                {"ecu_type": e.ecu_type, "serial": e.serial,
-                 "hardware_part_number": e.hardware_part_number,
-                 "hardware_version": e.hardware_version, "protocol": e.protocol,
-                 "software_part_number": e.software_part_number,
-                 "software_version": e.software_version, "calibration_id": e.calibration_id}
+                {
+                    "ecu_type": e.ecu_type,
+                    "serial": e.serial,
+                    "hardware_part_number": e.hardware_part_number,
+                    "hardware_version": e.hardware_version,
+                    "protocol": e.protocol,
+                    "software_part_number": e.software_part_number,
+                    "software_version": e.software_version,
+                    "calibration_id": e.calibration_id,
+                }
                 for e in ecus
             ]
             lines.append(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
@@ -107,8 +120,19 @@ def export_csv(conn: Connection, exported_at: datetime) -> Iterator[str]:
             extra = [getattr(v, name) for name in OPTIONAL_CSV_COLUMNS]
             attributes = v.attributes or {}
             extra += [attributes.get(k) for k in attribute_keys]
-            rows = [[e.ecu_type, e.serial, e.hardware_part_number, e.hardware_version, e.protocol,
-                     e.software_part_number, e.software_version, e.calibration_id] for e in ecus]
+            rows = [
+                [
+                    e.ecu_type,
+                    e.serial,
+                    e.hardware_part_number,
+                    e.hardware_version,
+                    e.protocol,
+                    e.software_part_number,
+                    e.software_version,
+                    e.calibration_id,
+                ]
+                for e in ecus
+            ]
             for ecu in rows or [[None] * 8]:
                 lines.append(_csv_line([*vehicle, *ecu, *extra]))
         yield "\n".join(lines) + "\n"

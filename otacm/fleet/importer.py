@@ -64,8 +64,11 @@ class ImportReport:
         return 0 if self.status == "completed" else 2
 
     def summary(self) -> dict[str, Any]:
-        return {"records_read": self.records_read, "records_rejected": self.records_rejected,
-                **asdict(self.counts)}
+        return {
+            "records_read": self.records_read,
+            "records_rejected": self.records_rejected,
+            **asdict(self.counts),
+        }
 
 
 def run_import(
@@ -84,8 +87,9 @@ def run_import(
         ImportFileError: the file as a whole is unreadable (empty, no usable header); nothing
             was imported, and the import is recorded as failed.
     """
-    report = ImportReport(_create_import(engine, source_name, strict, started_by), source_name,
-                          strict)
+    report = ImportReport(
+        _create_import(engine, source_name, strict, started_by), source_name, strict
+    )
     conn = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
     bulk = BulkIO(conn)
     try:
@@ -113,8 +117,9 @@ def run_import(
                     rejected = importer.process(batch, write=True)
                     _store_rejections(conn, report.import_id, rejected)
                     _save_progress(conn, report)
-            report.rejections.extend(rejected[: settings.import_report_rejections
-                                              - len(report.rejections)])
+            report.rejections.extend(
+                rejected[: settings.import_report_rejections - len(report.rejections)]
+            )
             if on_batch:
                 on_batch(report)
         if strict:
@@ -125,8 +130,11 @@ def run_import(
                 conn.commit()
             with conn.begin():
                 _store_rejections(conn, report.import_id, kept)
-        status = "completed" if not report.records_rejected else (
-            "rejected" if strict else "completed_with_rejections")
+        status = (
+            "completed"
+            if not report.records_rejected
+            else ("rejected" if strict else "completed_with_rejections")
+        )
         _finish(engine, report, status)
         return report
     except BaseException as exc:
@@ -147,8 +155,9 @@ def run_import(
             conn.close()
 
 
-def _batches(records: Iterator[RawRecord], size: int,
-             report: ImportReport) -> Iterator[list[RawRecord]]:
+def _batches(
+    records: Iterator[RawRecord], size: int, report: ImportReport
+) -> Iterator[list[RawRecord]]:
     """Batches of records; a compressed file that breaks off ends with a rejection for it."""
     batch: list[RawRecord] = []
     try:
@@ -195,48 +204,61 @@ class _BatchImporter:
             else:
                 valid.append((raw, record))
         bulk = self.bulk
-        seen_serials = bulk.seen_serials([e.serial for _, r in valid for e in r.ecus])
+        vins = list(dict.fromkeys(r.vin for _, r in valid))
+        diff = self._load_state(valid, vins)
+        # VINs taken earlier in this file: repeats of the batch's own, and owners of its ECUs.
+        owner_vins = {e.owner_vin for e in diff.ecus.values()}
+        seen = bulk.seen_vins(list(owner_vins.union(vins)))
+        batch_vins = set(vins)
+        diff.repeated_vins = {vin: line for vin, line in seen.items() if vin in batch_vins}
         owners: dict[str, tuple[str, int]] = {}
-        accepted: list[tuple[RawRecord, VehicleRecord]] = []
+        applied: list[tuple[RawRecord, VehicleRecord]] = []
         for raw, record in valid:
-            clash = _serial_clash(record, raw.line, seen_serials, owners)
+            clash = _serial_clash(record, self.report.import_id, diff, seen, owners)
             if clash:
                 self._reject(raw, [clash], rejected)
                 continue
-            for ecu in record.ecus:
-                owners.setdefault(ecu.serial, (record.vin, raw.line))
-            accepted.append((raw, record))
-
-        vins = list(dict.fromkeys(r.vin for _, r in accepted))
-        repeated = bulk.seen_vins(vins)
-        diff = self._load_state(accepted, vins, repeated)
-        applied: list[tuple[RawRecord, VehicleRecord]] = []
-        for raw, record in accepted:
             try:
-                diff.apply(record, raw.line)
+                taken = diff.apply(record, raw.line)
             except RecordConflict as conflict:
-                self._reject(raw, [Problem(conflict.field, conflict.reason, conflict.ecu)],
-                             rejected)
+                self._reject(
+                    raw, [Problem(conflict.field, conflict.reason, conflict.ecu)], rejected
+                )
                 continue
-            applied.append((raw, record))
+            if taken:
+                applied.append((raw, record))
+                for ecu in record.ecus:
+                    owners.setdefault(ecu.serial, (record.vin, raw.line))
         self.report.counts.add(diff.counts)
         if write:
             self._write(diff)
-        new_vins = {r.vin: raw.line for raw, r in applied if r.vin not in repeated}
-        new_serials = {e.serial: (r.vin, raw.line) for raw, r in applied for e in r.ecus
-                       if e.serial not in seen_serials}
-        bulk.remember(list(new_vins.items()), [(s, v, n) for s, (v, n) in new_serials.items()])
+        first_seen = {r.vin: raw.line for raw, r in reversed(applied) if r.vin not in seen}
+        bulk.remember(list(first_seen.items()))
         return rejected
 
-    def _load_state(self, accepted: list[tuple[RawRecord, VehicleRecord]], vins: list[str],
-                    repeated: dict[str, int]) -> BatchDiff:
+    def _load_state(
+        self, accepted: list[tuple[RawRecord, VehicleRecord]], vins: list[str]
+    ) -> BatchDiff:
         bulk = self.bulk
         vehicles = {
-            row.vin: StoredVehicle(row.id, row.vin, (
-                row.engine_number, row.chassis_number, row.model, row.model_year, row.fuel_type,
-                row.region, row.country, row.manufactured_at, row.vehicle_public_key, row.rxswin,
-                row.attributes or {},
-            ), row.exported_at)
+            row.vin: StoredVehicle(
+                row.id,
+                row.vin,
+                (
+                    row.engine_number,
+                    row.chassis_number,
+                    row.model,
+                    row.model_year,
+                    row.fuel_type,
+                    row.region,
+                    row.country,
+                    row.manufactured_at,
+                    row.vehicle_public_key,
+                    row.rxswin,
+                    row.attributes or {},
+                ),
+                row.exported_at,
+            )
             for row in bulk.vehicles_by_vin(vins)
         }
         serials = list(dict.fromkeys(e.serial for _, r in accepted for e in r.ecus))
@@ -249,16 +271,30 @@ class _BatchImporter:
             if row.serial in ecus:
                 continue
             ecus[row.serial] = StoredEcu(
-                row.id, row.serial, row.vehicle_id, row.owner_vin, row.owner_exported_at,
+                row.id,
+                row.serial,
+                row.vehicle_id,
+                row.owner_vin,
+                row.owner_exported_at,
                 (row.ecu_type, row.hardware_part_number, row.hardware_version, row.protocol),
                 (row.software_part_number, row.software_version, row.calibration_id),
-                row.software_source, row.software_observed_at, row.import_id, row.removed_at,
+                row.software_source,
+                row.software_observed_at,
+                row.import_id,
+                row.removed_at,
             )
             if row.removed_at is None:
                 active.setdefault(row.vehicle_id, []).append(row.serial)
         new_ids = iter(bulk.reserve_vehicle_ids(len(vins) - len(vehicles)))
-        return BatchDiff(self.report.import_id, utcnow(), bulk.timestamp, vehicles, ecus, active,
-                         new_ids, dict(repeated))
+        return BatchDiff(
+            self.report.import_id,
+            utcnow(),
+            bulk.timestamp,
+            vehicles,
+            ecus,
+            active,
+            new_ids,
+        )
 
     def _write(self, diff: BatchDiff) -> None:
         bulk = self.bulk
@@ -269,43 +305,97 @@ class _BatchImporter:
         bulk.insert("ecu_history", HISTORY_COLUMNS, diff.history)
 
 
-def _serial_clash(record: VehicleRecord, line: int, seen: dict[str, tuple[str, int]],
-                  owners: dict[str, tuple[str, int]]) -> Problem | None:
+def _serial_clash(
+    record: VehicleRecord,
+    import_id: int,
+    diff: BatchDiff,
+    seen: dict[str, int],
+    owners: dict[str, tuple[str, int]],
+) -> Problem | None:
+    """An ECU of `record` that an earlier record of this file already listed for another VIN.
+
+    Earlier in this batch is in `owners`. Earlier batches are already in the registry: the ECU
+    belongs to the other vehicle and was written by this import, or that vehicle's record was
+    taken earlier in this file (`seen`) with the ECU fitted.
+    """
     for index, ecu in enumerate(record.ecus):
-        owner = owners.get(ecu.serial) or seen.get(ecu.serial)
+        owner = owners.get(ecu.serial)
+        if owner is None:
+            stored = diff.ecus.get(ecu.serial)
+            if (
+                stored is not None
+                and stored.id != -1
+                and stored.removed_at is None
+                and stored.owner_vin != record.vin
+                and (stored.import_id == import_id or stored.owner_vin in seen)
+            ):
+                owner = (stored.owner_vin, seen.get(stored.owner_vin, 0))
         if owner and owner[0] != record.vin:
-            return Problem("serial", f"ECU serial {ecu.serial!r} is already listed for vehicle "
-                           f"{owner[0]} at line {owner[1]} of this file", index)
+            where = f"at line {owner[1]}" if owner[1] else "earlier"
+            return Problem(
+                "serial",
+                f"ECU serial {ecu.serial!r} is already listed for vehicle {owner[0]} "
+                f"{where} in this file",
+                index,
+            )
     return None
 
 
 def _create_import(engine: Engine, source_name: str, strict: bool, started_by: str | None) -> int:
     with engine.begin() as conn:
-        return int(conn.execute(
-            insert(FleetImport).values(
-                source_name=source_name[:500], strict=strict, status="running",
-                started_at=utcnow(), counts={}, started_by=started_by,
-            ).returning(FleetImport.id)
-        ).scalar_one())
+        return int(
+            conn.execute(
+                insert(FleetImport)
+                .values(
+                    source_name=source_name[:500],
+                    strict=strict,
+                    status="running",
+                    started_at=utcnow(),
+                    counts={},
+                    started_by=started_by,
+                )
+                .returning(FleetImport.id)
+            ).scalar_one()
+        )
 
 
 def _store_rejections(conn: Connection, import_id: int, rejections: list[Rejection]) -> None:
     if rejections:
-        conn.execute(insert(FleetImportRejection), [
-            {"import_id": import_id, "line": r.line, "vin": r.vin, "field": r.field,
-             "reason": r.reason[:2000]} for r in rejections
-        ])
+        conn.execute(
+            insert(FleetImportRejection),
+            [
+                {
+                    "import_id": import_id,
+                    "line": r.line,
+                    "vin": r.vin,
+                    "field": r.field,
+                    "reason": r.reason[:2000],
+                }
+                for r in rejections
+            ],
+        )
 
 
 def _save_progress(conn: Connection, report: ImportReport) -> None:
-    conn.execute(update(FleetImport).where(FleetImport.id == report.import_id).values(
-        counts=report.summary(), format=report.format, compressed=report.compressed))
+    conn.execute(
+        update(FleetImport)
+        .where(FleetImport.id == report.import_id)
+        .values(counts=report.summary(), format=report.format, compressed=report.compressed)
+    )
 
 
 def _finish(engine: Engine, report: ImportReport, status: str, error: str | None = None) -> None:
     report.status, report.error, report.finished_at = status, error, utcnow()
     with engine.begin() as conn:
-        conn.execute(update(FleetImport).where(FleetImport.id == report.import_id).values(
-            status=status, error=error, finished_at=report.finished_at, counts=report.summary(),
-            format=report.format, compressed=report.compressed,
-        ))
+        conn.execute(
+            update(FleetImport)
+            .where(FleetImport.id == report.import_id)
+            .values(
+                status=status,
+                error=error,
+                finished_at=report.finished_at,
+                counts=report.summary(),
+                format=report.format,
+                compressed=report.compressed,
+            )
+        )

@@ -27,7 +27,7 @@ class FleetImport(Base):
     compressed: Mapped[bool] = mapped_column(default=False)
     strict: Mapped[bool] = mapped_column(default=False)
     # running → completed | failed; "completed" may still have rejected records.
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     counts: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
@@ -94,7 +94,9 @@ class Ecu(Base):
     # a manufacturing export older than a vehicle's own manifest never overwrites it.
     software_source: Mapped[str] = mapped_column(String(16))
     software_observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    import_id: Mapped[int | None] = mapped_column(ForeignKey("fleet_imports.id"))
+    # The import that last wrote this row. Not a foreign key: a per-row check would cost the
+    # bulk import a third of its speed, and imports are never deleted.
+    import_id: Mapped[int | None] = mapped_column(BigId)
     # Set when the ECU left its vehicle (replaced, or dropped from a newer export).
     removed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

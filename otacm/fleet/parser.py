@@ -9,13 +9,15 @@ longest accepted line, whatever the file size.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
+import itertools
 import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
+
+import orjson
 
 from otacm.errors import ValidationFailed
 from otacm.fleet.records import (
@@ -27,14 +29,30 @@ from otacm.fleet.records import (
     RawRecord,
 )
 
-CSV_HEADER = (
-    "vin,engine_number,chassis_number,model,model_year,fuel_type,region,country,"
-    "manufactured_at,exported_at,ecu_type,ecu_serial,hardware_part_number,hardware_version,"
-    "protocol,software_part_number,software_version,calibration_id"
-).split(",")
+CSV_HEADER = [
+    "vin",
+    "engine_number",
+    "chassis_number",
+    "model",
+    "model_year",
+    "fuel_type",
+    "region",
+    "country",
+    "manufactured_at",
+    "exported_at",
+    "ecu_type",
+    "ecu_serial",
+    "hardware_part_number",
+    "hardware_version",
+    "protocol",
+    "software_part_number",
+    "software_version",
+    "calibration_id",
+]
 # CSV names the ECU serial `ecu_serial`; JSON Lines calls it `serial` inside `ecus`.
-CSV_ECU_COLUMNS = {"ecu_serial" if f == "serial" else f: f for f in (*ECU_FIELDS,
-                                                                       *OPTIONAL_ECU_FIELDS)}
+CSV_ECU_COLUMNS = {
+    "ecu_serial" if f == "serial" else f: f for f in (*ECU_FIELDS, *OPTIONAL_ECU_FIELDS)
+}
 REQUIRED_CSV_COLUMNS = [c for c in CSV_HEADER if c != "calibration_id"]
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -59,26 +77,101 @@ class ExportReader:
     records: Iterator[RawRecord]
 
 
+class _BrokenStream(Exception):
+    """The compressed input ended early or is corrupt."""
+
+
+class _Gunzip(io.RawIOBase):
+    """Gzip decompression that hands out every byte decoded before a broken stream is noticed.
+
+    `gzip.GzipFile` drops the bytes it decompressed in the read that fails, which would lose
+    whole records before the point where a transfer was cut off. Output per read is bounded,
+    so a small file that inflates enormously never fills memory.
+    """
+
+    _OUTPUT = 1 << 20
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        self._inflater = zlib.decompressobj(wbits=31)
+        self._pending = b""
+        self._held = b""
+        self._broken: str | None = None
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        inflater = self._inflater
+        data = inflater.unconsumed_tail
+        if not data:
+            if inflater.eof and inflater.unused_data:
+                # Another gzip member follows (concatenated files are valid gzip).
+                data, self._inflater = inflater.unused_data, zlib.decompressobj(wbits=31)
+            elif chunk := self._source.read(1 << 16):
+                # The last 8 bytes may be the trailer (CRC and size): holding them back until
+                # more arrives keeps a failed check from taking the data before it along.
+                data = self._held + chunk
+                data, self._held = data[:-8], data[-8:]
+            else:
+                data, self._held = self._held, b""
+                if not data:
+                    if inflater.eof:
+                        self._done = True
+                    else:
+                        self._broken = "the gzip data ends in the middle of the file"
+                    return
+        try:
+            self._pending = self._inflater.decompress(data, self._OUTPUT)
+        except zlib.error as exc:
+            self._broken = f"the gzip data is corrupt: {exc}"
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            if self._broken:
+                raise _BrokenStream(self._broken)
+            if self._done:
+                return 0
+            self._fill()
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
 def open_export(stream: IO[bytes], max_line_bytes: int) -> ExportReader:
-    """Detect the encoding of `stream` and return a reader over its vehicle records."""
-    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(
-        stream  # type: ignore[arg-type]
-    )
+    """Detect the encoding of `stream` and return a reader over its vehicle records.
+
+    Raises:
+        ImportFileError: no record can be read at all (empty, no usable CSV header, the
+            compressed data broken before the first line).
+    """
+    buffered: Any = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(stream)
     compressed = buffered.peek(2)[:2] == GZIP_MAGIC
-    source: IO[bytes] = buffered
-    if compressed:
-        source = io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"))  # type: ignore[arg-type]
-    try:
-        head = source.peek(4096)[:4096]  # type: ignore[attr-defined]
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ImportFileError(f"the gzip stream cannot be read: {exc}") from None
-    text_head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
-    if not text_head:
-        raise ImportFileError("the file is empty: it holds no vehicle records")
+    source: Any = io.BufferedReader(_Gunzip(buffered), 1 << 16) if compressed else buffered
     lines = _bounded_lines(source, max_line_bytes)
-    if text_head.startswith(b"{"):
-        return ExportReader("jsonl", compressed, _jsonl_records(lines, max_line_bytes))
-    return ExportReader("csv", compressed, _csv_records(lines, max_line_bytes))
+    # Look at the first line that holds anything: '{' opens JSON Lines, else a CSV header.
+    leading: list[tuple[int, bytes | None]] = []
+    try:
+        for number, raw in lines:
+            leading.append((number, raw))
+            if raw is None:
+                raise ImportFileError(
+                    f"line {number}: the first line is longer than {max_line_bytes} bytes",
+                    line=number,
+                )
+            if raw.removeprefix(b"\xef\xbb\xbf").strip():
+                break
+        else:
+            raise ImportFileError("the file is empty: it holds no vehicle records")
+    except TruncatedFile as exc:
+        raise ImportFileError(f"{exc.reason}, before its first record") from None
+    first = leading[-1][1] or b""
+    rest = itertools.chain(leading, lines)
+    if first.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
+        return ExportReader("jsonl", compressed, _jsonl_records(rest, max_line_bytes))
+    return ExportReader("csv", compressed, _csv_records(rest, len(leading), max_line_bytes))
 
 
 def _bounded_lines(source: IO[bytes], max_bytes: int) -> Iterator[tuple[int, bytes | None]]:
@@ -93,10 +186,8 @@ def _bounded_lines(source: IO[bytes], max_bytes: int) -> Iterator[tuple[int, byt
                 yield number, None
                 continue
             yield number, raw
-    except EOFError:
-        raise TruncatedFile("the compressed file ends in the middle of its data", number) from None
-    except (gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise TruncatedFile(f"the compressed data is corrupt: {exc}", number) from None
+    except _BrokenStream as exc:
+        raise TruncatedFile(str(exc), number) from None
 
 
 def _decode(raw: bytes, number: int) -> tuple[str, Problem | None]:
@@ -115,27 +206,38 @@ def _too_long(max_bytes: int) -> Problem:
     return Problem(None, f"the line is longer than {max_bytes} bytes")
 
 
+def _json_problem(raw: bytes, number: int) -> Problem | None:
+    """Why a line that orjson refused is not a JSON object (or None for a blank line)."""
+    text, problem = _decode(raw, number)
+    if problem:
+        return problem
+    if not text.strip():
+        return None
+    try:
+        json.loads(text)
+    except RecursionError:
+        return Problem(None, "not valid JSON: nested too deeply")
+    except ValueError as exc:
+        where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        return Problem(None, f"not valid JSON: {getattr(exc, 'msg', exc)}{where}")
+    return Problem(None, "not valid JSON: numbers or nesting beyond what a record may hold")
+
+
 def _jsonl_records(
     lines: Iterator[tuple[int, bytes | None]], max_bytes: int
 ) -> Iterator[RawRecord]:
-    loads = json.loads
+    loads = orjson.loads
     for number, raw in lines:
         if raw is None:
             yield RawRecord(number, {}, problems=[_too_long(max_bytes)])
             continue
-        text, problem = _decode(raw, number)
-        if problem:
-            yield RawRecord(number, {}, problems=[problem])
-            continue
-        if not text.strip():
-            continue
         try:
-            data = loads(text)
-        except ValueError as exc:
-            reason = getattr(exc, "msg", str(exc))
-            column = getattr(exc, "colno", None)
-            where = f" at column {column}" if column else ""
-            yield RawRecord(number, {}, problems=[Problem(None, f"not valid JSON: {reason}{where}")])
+            data = loads(raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw)
+        except orjson.JSONDecodeError:
+            # orjson is fast but terse; the standard library explains what is wrong.
+            problem = _json_problem(raw, number)
+            if problem:
+                yield RawRecord(number, {}, problems=[problem])
             continue
         if not isinstance(data, dict):
             yield RawRecord(number, {}, problems=[Problem(None, "a line must hold a JSON object")])
@@ -166,28 +268,38 @@ def _text_lines(
 
 
 def _csv_records(
-    lines: Iterator[tuple[int, bytes | None]], max_bytes: int
+    lines: Iterator[tuple[int, bytes | None]], header_line: int, max_bytes: int
 ) -> Iterator[RawRecord]:
+    """Reads and checks the header now, so that a bad one fails before any record is taken."""
     flagged: dict[int, Problem] = {}
+    # A process-wide setting of the csv module; every import sets the configured limit.
     csv.field_size_limit(max_bytes)
     reader = csv.reader(_text_lines(lines, flagged, max_bytes), strict=True)
+    where = f"line {header_line}: the CSV header"
     try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
+        header: list[str] = []
+        while not header:
+            header = [h.strip() for h in next(reader)]
+    except (StopIteration, TruncatedFile):
         raise ImportFileError("the file is empty: it holds no vehicle records") from None
     except csv.Error as exc:
-        raise ImportFileError(f"line 1: the CSV header cannot be read: {exc}") from None
-    if 1 in flagged:
-        raise ImportFileError(f"line 1: the CSV header {flagged[1].reason}")
+        raise ImportFileError(f"{where} cannot be read: {exc}", line=header_line) from None
+    if header_line in flagged:
+        raise ImportFileError(f"{where} {flagged[header_line].reason}", line=header_line)
     missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
     if missing:
         raise ImportFileError(
-            f"line 1: the CSV header lacks the column(s) {', '.join(missing)}",
-            line=1, field=missing[0],
+            f"{where} lacks the column(s) {', '.join(missing)}",
+            line=header_line,
+            field=missing[0],
         )
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
-        raise ImportFileError(f"line 1: the CSV header repeats {', '.join(duplicated)}", line=1)
+        raise ImportFileError(f"{where} repeats {', '.join(duplicated)}", line=header_line)
+    return _csv_rows(reader, header, flagged)
+
+
+def _csv_rows(reader: Any, header: list[str], flagged: dict[int, Problem]) -> Iterator[RawRecord]:
     width = len(header)
     vin_index = header.index("vin")
     vehicle_columns = [(i, c) for i, c in enumerate(header) if c not in CSV_ECU_COLUMNS]
@@ -210,11 +322,15 @@ def _csv_records(
             yield RawRecord(start, {}, problems=[Problem(None, f"not valid CSV: {exc}")])
             continue
         start, previous_end = previous_end + 1, reader.line_num
-        if start in flagged:
+        # A quoted value may span lines: a defect on any of them spoils the row.
+        defect = next(
+            (flagged.pop(n) for n in range(start, previous_end + 1) if n in flagged), None
+        )
+        if defect:
             if current is not None:
                 yield current
                 current = current_key = None
-            yield RawRecord(start, {}, problems=[flagged.pop(start)])
+            yield RawRecord(start, {}, problems=[defect])
             continue
         if not row or (len(row) == 1 and not row[0].strip()):
             continue
@@ -233,26 +349,32 @@ def _csv_records(
                 yield current
             # An empty cell of an extra column means "no such attribute" for this vehicle.
             fields: dict[str, Any] = {
-                name: row[i] for i, name in vehicle_columns
+                name: row[i]
+                for i, name in vehicle_columns
                 if row[i] != "" or name in KNOWN_VEHICLE_KEYS
             }
             current, current_key, current_values = RawRecord(start, fields), key, values
         elif values != current_values:
             differing = next(
-                name for (i, name), a, b in zip(vehicle_columns, values, current_values,
-                                                strict=True) if a != b
+                name
+                for (i, name), a, b in zip(vehicle_columns, values, current_values, strict=True)
+                if a != b
             )
             current.problems.append(
-                Problem(differing, f"differs from the vehicle's first row (line {current.line})",
-                        len(current.ecus))
+                Problem(
+                    differing,
+                    f"differs from the vehicle's first row (line {current.line})",
+                    len(current.ecus),
+                )
             )
         ecu = {name: row[i] for i, name in ecu_columns}
         if any(v.strip() for v in ecu.values()):
             current.ecus.append(ecu)
             current.ecu_lines.append(start)
         elif current.ecus or start != current.line:
-            current.problems.append(Problem("ecu_type", "an ECU row without ECU data",
-                                            len(current.ecus)))
+            current.problems.append(
+                Problem("ecu_type", "an ECU row without ECU data", len(current.ecus))
+            )
             current.ecus.append(ecu)
             current.ecu_lines.append(start)
     if current is not None:

@@ -164,7 +164,10 @@ def parse_timestamp(value: Any) -> datetime:
         raise ValueError(f"{_clip(value)!r} is not an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         raise ValueError(f"{_clip(value)!r} has no UTC offset (add Z or +hh:mm)")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{_clip(value)!r} is outside the range of dates") from None
 
 
 def _kind(value: Any) -> str:
@@ -179,8 +182,9 @@ def _clip(value: str, limit: int = 40) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
 
-def _text(data: dict[str, Any], name: str, problems: list[Problem], ecu: int | None,
-          required: bool = True) -> str | None:
+def _text(
+    data: dict[str, Any], name: str, problems: list[Problem], ecu: int | None, required: bool = True
+) -> str | None:
     value = data.get(name)
     if value is None or value == "":
         if required:
@@ -204,8 +208,14 @@ def _text(data: dict[str, Any], name: str, problems: list[Problem], ecu: int | N
     return value
 
 
-def _choice(data: dict[str, Any], name: str, allowed: frozenset[str], problems: list[Problem],
-            ecu: int | None, upper: bool) -> str | None:
+def _choice(
+    data: dict[str, Any],
+    name: str,
+    allowed: frozenset[str],
+    problems: list[Problem],
+    ecu: int | None,
+    upper: bool,
+) -> str | None:
     value = _text(data, name, problems, ecu)
     if value is None:
         return None
@@ -223,8 +233,11 @@ def _model_year(data: dict[str, Any], problems: list[Problem]) -> int | None:
     if value is None or value == "":
         problems.append(Problem("model_year", "is required"))
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    # isdigit() alone admits "²" and other non-ASCII digits that int() refuses.
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 6:
+            value = int(text)
     if not isinstance(value, int) or isinstance(value, bool):
         problems.append(Problem("model_year", f"must be a whole number, got {value!r:.40}"))
         return None
@@ -326,8 +339,9 @@ def validate_record(raw: RawRecord, policy: VinCheckDigitPolicy) -> VehicleRecor
             continue
         if ecu.serial in serials:
             problems.append(
-                Problem("serial", f"ECU serial {ecu.serial!r} is listed twice for this vehicle",
-                        index)
+                Problem(
+                    "serial", f"ECU serial {ecu.serial!r} is listed twice for this vehicle", index
+                )
             )
             continue
         serials[ecu.serial] = index
@@ -337,6 +351,18 @@ def validate_record(raw: RawRecord, policy: VinCheckDigitPolicy) -> VehicleRecor
     assert vin and engine_number and chassis_number and model and model_year and fuel_type
     assert region and country and manufactured_at and exported_at
     return VehicleRecord(
-        vin, engine_number, chassis_number, model, model_year, fuel_type, region, country,
-        manufactured_at, exported_at, public_key, rxswin, attributes, ecus,
+        vin,
+        engine_number,
+        chassis_number,
+        model,
+        model_year,
+        fuel_type,
+        region,
+        country,
+        manufactured_at,
+        exported_at,
+        public_key,
+        rxswin,
+        attributes,
+        ecus,
     )

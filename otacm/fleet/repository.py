@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, select
+from sqlalchemy import ColumnElement, Select, and_, exists, select
 from sqlalchemy.orm import Session
 
 from otacm.errors import ValidationFailed
@@ -45,13 +45,14 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError(version)
         return int(value)
     except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed("the cursor is not one this API handed out",
-                               field="cursor") from None
+        raise ValidationFailed(
+            "the cursor is not one this API handed out", field="cursor"
+        ) from None
 
 
 def _filtered(f: VehicleFilter) -> Select[Any]:
     query = select(Vehicle)
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     if f.models:
         conditions.append(Vehicle.model.in_(f.models))
     if f.model_year_min is not None:
@@ -71,10 +72,12 @@ def _filtered(f: VehicleFilter) -> Select[Any]:
         # collation: VINs hold only digits and capitals, which sort alike everywhere.
         prefix = f.vin_prefix.strip().upper()[:17]
         pad = 17 - len(prefix)
-        conditions.append(and_(Vehicle.vin >= prefix + "0" * pad, Vehicle.vin <= prefix + "Z" * pad))
+        conditions.append(
+            and_(Vehicle.vin >= prefix + "0" * pad, Vehicle.vin <= prefix + "Z" * pad)
+        )
     for key, value in f.attributes.items():
         conditions.append(Vehicle.attributes[key].as_string() == value)
-    ecu_conditions = []
+    ecu_conditions: list[ColumnElement[bool]] = []
     if f.ecu_type:
         ecu_conditions.append(Ecu.ecu_type == f.ecu_type.upper())
     if f.hardware_part_number:
@@ -84,9 +87,9 @@ def _filtered(f: VehicleFilter) -> Select[Any]:
     if f.software_version:
         ecu_conditions.append(Ecu.software_version == f.software_version)
     if ecu_conditions:
-        conditions.append(exists().where(
-            Ecu.vehicle_id == Vehicle.id, Ecu.removed_at.is_(None), *ecu_conditions
-        ))
+        conditions.append(
+            exists().where(Ecu.vehicle_id == Vehicle.id, Ecu.removed_at.is_(None), *ecu_conditions)
+        )
     return query.where(*conditions)
 
 
@@ -106,17 +109,21 @@ def get_vehicle(session: Session, vin: str) -> Vehicle | None:
 
 
 def ecus_of(session: Session, vehicle_id: int) -> list[Ecu]:
-    return list(session.scalars(
-        select(Ecu).where(Ecu.vehicle_id == vehicle_id).order_by(Ecu.removed_at.is_not(None),
-                                                                 Ecu.ecu_type, Ecu.id)
-    ))
+    return list(
+        session.scalars(
+            select(Ecu)
+            .where(Ecu.vehicle_id == vehicle_id)
+            .order_by(Ecu.removed_at.is_not(None), Ecu.ecu_type, Ecu.id)
+        )
+    )
 
 
 def history_of(session: Session, ecu_ids: Sequence[int]) -> dict[int, list[EcuHistory]]:
     history: dict[int, list[EcuHistory]] = {i: [] for i in ecu_ids}
     if ecu_ids:
         for row in session.scalars(
-            select(EcuHistory).where(EcuHistory.ecu_id.in_(ecu_ids))
+            select(EcuHistory)
+            .where(EcuHistory.ecu_id.in_(ecu_ids))
             .order_by(EcuHistory.ecu_id, EcuHistory.id)
         ):
             history[row.ecu_id].append(row)
@@ -126,14 +133,17 @@ def history_of(session: Session, ecu_ids: Sequence[int]) -> dict[int, list[EcuHi
 def vins_by_id(session: Session, ids: set[int]) -> dict[int, str]:
     if not ids:
         return {}
-    return dict(session.execute(select(Vehicle.id, Vehicle.vin).where(Vehicle.id.in_(ids))).tuples())
+    rows = session.execute(select(Vehicle.id, Vehicle.vin).where(Vehicle.id.in_(ids)))
+    return {vehicle_id: vin for vehicle_id, vin in rows}
 
 
 def get_import(session: Session, import_id: int) -> FleetImport | None:
     return session.get(FleetImport, import_id)
 
 
-def list_imports(session: Session, *, limit: int, cursor: str | None) -> tuple[list[FleetImport], str | None]:
+def list_imports(
+    session: Session, *, limit: int, cursor: str | None
+) -> tuple[list[FleetImport], str | None]:
     query = select(FleetImport).order_by(FleetImport.id.desc())
     if cursor:
         query = query.where(FleetImport.id < decode_cursor(cursor))

@@ -38,7 +38,9 @@ def vehicle_detail(session: Session, vin: str) -> VehicleDetail:
     ecus = repository.ecus_of(session, vehicle.id)
     history = repository.history_of(session, [e.id for e in ecus])
     vehicle_ids = {h.vehicle_id for rows in history.values() for h in rows} | {
-        h.changed_to_vehicle_id for rows in history.values() for h in rows
+        h.changed_to_vehicle_id
+        for rows in history.values()
+        for h in rows
         if h.changed_to_vehicle_id
     }
     vins = repository.vins_by_id(session, vehicle_ids)
@@ -46,21 +48,30 @@ def vehicle_detail(session: Session, vin: str) -> VehicleDetail:
     for ecu in ecus:
         entries = [
             EcuHistoryEntry(
-                change=h.change, vehicle_vin=vins.get(h.vehicle_id),
+                change=h.change,
+                vehicle_vin=vins.get(h.vehicle_id),
                 moved_to_vin=vins.get(h.changed_to_vehicle_id) if h.changed_to_vehicle_id else None,
-                hardware_part_number=h.hardware_part_number, hardware_version=h.hardware_version,
-                protocol=h.protocol, software_part_number=h.software_part_number,
-                software_version=h.software_version, calibration_id=h.calibration_id,
-                software_source=h.software_source, software_observed_at=h.software_observed_at,
-                import_id=h.import_id, changed_by_import_id=h.changed_by_import_id,
-                changed_at=h.changed_at, recorded_at=h.recorded_at,
+                hardware_part_number=h.hardware_part_number,
+                hardware_version=h.hardware_version,
+                protocol=h.protocol,
+                software_part_number=h.software_part_number,
+                software_version=h.software_version,
+                calibration_id=h.calibration_id,
+                software_source=h.software_source,
+                software_observed_at=h.software_observed_at,
+                import_id=h.import_id,
+                changed_by_import_id=h.changed_by_import_id,
+                changed_at=h.changed_at,
+                recorded_at=h.recorded_at,
             )
             for h in history[ecu.id]
         ]
         ecu_out.append(EcuOut.model_validate(ecu).model_copy(update={"history": entries}))
     detail = VehicleDetail.model_validate(
-        {**{c: getattr(vehicle, c) for c in VehicleDetail.model_fields if c != "ecus"},
-         "ecus": ecu_out}
+        {
+            **{c: getattr(vehicle, c) for c in VehicleDetail.model_fields if c != "ecus"},
+            "ecus": ecu_out,
+        }
     )
     return detail
 
@@ -79,15 +90,26 @@ def import_report(session: Session, import_id: int, rejections: int) -> ImportRe
     row = repository.get_import(session, import_id)
     if row is None:
         raise ImportNotFound(f"no fleet import with id {import_id}")
-    first, _ = repository.rejections_of(session, import_id, limit=rejections, cursor=None) if (
-        rejections) else ([], None)
+    first, _ = (
+        repository.rejections_of(session, import_id, limit=rejections, cursor=None)
+        if (rejections)
+        else ([], None)
+    )
     return import_out(row, [RejectionOut.model_validate(r) for r in first])
 
 
 def import_out(row: FleetImport, rejections: list[RejectionOut]) -> ImportReportOut:
     return ImportReportOut(
-        id=row.id, source_name=row.source_name, format=row.format, compressed=row.compressed,
-        strict=row.strict, status=row.status, started_at=row.started_at,
-        finished_at=row.finished_at, started_by=row.started_by, error=row.error,
-        counts=ImportCounts(**(row.counts or {})), rejections=rejections,
+        id=row.id,
+        source_name=row.source_name,
+        format=row.format,
+        compressed=row.compressed,
+        strict=row.strict,
+        status=row.status,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        started_by=row.started_by,
+        error=row.error,
+        counts=ImportCounts(**(row.counts or {})),
+        rejections=rejections,
     )

@@ -37,7 +37,11 @@ def is_north_american(vin: str) -> bool:
 
 def normalise_vin(raw: str, policy: VinCheckDigitPolicy) -> str:
     """Trim and upper-case `raw`, then check it; raises InvalidVin naming what is wrong."""
-    vin = raw.strip().upper()
+    vin = raw.strip()
+    # Upper-casing non-ASCII text can change its length ("ß" becomes "SS"): refuse it first.
+    if not vin.isascii():
+        raise InvalidVin(f"{vin[:40]!r} has characters outside the ISO 3779 alphabet")
+    vin = vin.upper()
     if len(vin) != VIN_LENGTH:
         raise InvalidVin(f"a VIN has 17 characters, {vin!r} has {len(vin)}")
     if not _VIN_PATTERN.fullmatch(vin):

@@ -1,0 +1,1 @@
+"""Benchmarks: each measures otacm against a raw baseline run in the same process and run."""

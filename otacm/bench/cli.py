@@ -1,0 +1,60 @@
+"""`otacm bench`: the home of every benchmark."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from otacm.bench.common import Report
+
+app = typer.Typer(
+    help="Benchmarks, each reported as throughput and as a ratio to a raw "
+    "baseline measured in the same run.",
+    no_args_is_help=True,
+)
+
+RecordOption = Annotated[
+    Path | None, typer.Option("--record", help="Append the results as Markdown to this file.")
+]
+
+
+def _finish(report: Report, record: Path | None) -> None:
+    report.show()
+    if record:
+        with record.open("a", encoding="utf-8") as out:
+            out.write("\n" + report.markdown())
+
+
+@app.command("import")
+def bench_import(
+    vehicles: Annotated[int, typer.Option(min=1)] = 100_000,
+    seed: int = 1,
+    work_dir: Annotated[Path, typer.Option(help="Generated files are kept here.")] = Path(
+        "bench-data"
+    ),
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(help="Administrative PostgreSQL URL; a scratch database is made and dropped."),
+    ] = None,
+    sqlite: Annotated[bool, typer.Option(help="Also benchmark SQLite.")] = True,
+    record: RecordOption = None,
+) -> None:
+    """Fleet import: throughput vs raw COPY, re-import, peak memory, vehicle search latency."""
+    from otacm.bench import fleet_import
+
+    command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    _finish(
+        fleet_import.run(
+            vehicles=vehicles,
+            seed=seed,
+            work_dir=work_dir,
+            postgres_url=postgres_url,
+            sqlite=sqlite,
+            command=command,
+        ),
+        record,
+    )

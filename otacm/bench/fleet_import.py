@@ -1,0 +1,168 @@
+"""`otacm bench import`: fleet import throughput against a raw COPY, re-import, memory, search.
+
+The baseline is PostgreSQL's own `COPY` of the same ECU rows, pre-made as CSV, into an
+unindexed table: the fastest any importer could possibly write them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select
+
+from otacm.app import create_app
+from otacm.bench.common import (
+    Report,
+    Result,
+    console,
+    fleet_file,
+    median_seconds,
+    peak_rss_mb,
+    scratch_postgres_database,
+    timed,
+)
+from otacm.config import Settings
+from otacm.db import make_engine, upgrade
+from otacm.fleet.importer import run_import
+from otacm.fleet.models import Ecu, Vehicle
+from otacm.fleet.parser import CSV_HEADER
+
+
+def raw_copy(engine: Engine, csv_path: Path) -> tuple[float, int]:
+    """COPY the CSV file as-is into an unindexed text table; (seconds, rows)."""
+    columns = ", ".join(f"{c} text" for c in CSV_HEADER)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE bench_raw_ecu_rows ({columns})")
+    with engine.connect() as conn, timed() as elapsed:
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(
+                "COPY bench_raw_ecu_rows FROM STDIN WITH (FORMAT csv, HEADER true)"
+            ) as copy,
+            csv_path.open("rb") as source,
+        ):
+            while chunk := source.read(1 << 20):
+                copy.write(chunk)
+        conn.commit()
+    with engine.begin() as conn:
+        rows = int(conn.exec_driver_sql("SELECT count(*) FROM bench_raw_ecu_rows").scalar_one())
+        conn.exec_driver_sql("DROP TABLE bench_raw_ecu_rows")
+    return elapsed(), rows
+
+
+def import_into(engine: Engine, path: Path, settings: Settings) -> tuple[float, int]:
+    with path.open("rb") as stream, timed() as elapsed:
+        report = run_import(engine, stream, settings=settings, source_name=path.name)
+    if report.records_rejected:
+        raise RuntimeError(f"the benchmark file had {report.records_rejected} rejected records")
+    counts = report.counts
+    return elapsed(), counts.ecus_created + counts.ecus_unchanged + counts.ecus_updated
+
+
+def search_latency(engine: Engine, settings: Settings, report: Report, label: str) -> None:
+    """Median time for one page of GET /api/v1/vehicles with typical operator filters."""
+    queries: dict[str, dict[str, object]] = {
+        "no filter": {},
+        "model + year range": {"model": "Aurora", "model_year_min": 2023, "model_year_max": 2024},
+        "fuel + region + ECU hardware": {
+            "fuel_type": "electric",
+            "region": "EU",
+            "ecu_type": "BMS",
+            "hardware_version": "B1",
+        },
+        "VIN prefix": {"vin_prefix": "1"},
+        "ECU software version": {"ecu_type": "GATEWAY", "software_version": "3.2.0"},
+    }
+    with TestClient(create_app(settings, engine)) as client:
+        for name, params in queries.items():
+
+            def page(p: dict[str, object] = params) -> None:
+                response = client.get("/api/v1/vehicles", params={"limit": 100, **p})
+                assert response.status_code == 200, response.text
+
+            page()
+            seconds = median_seconds(page, 15)
+            report.add(
+                Result(
+                    f"{label}: GET /api/v1/vehicles ({name})",
+                    seconds,
+                    note="median of 15, target < 0.1 s",
+                )
+            )
+
+
+def run(
+    *,
+    vehicles: int,
+    seed: int,
+    work_dir: Path,
+    postgres_url: str | None,
+    sqlite: bool,
+    command: str,
+) -> Report:
+    report = Report(f"Fleet import, {vehicles:,} vehicles", command)
+    jsonl = fleet_file(work_dir, vehicles, seed, "jsonl")
+    settings = Settings(data_dir=work_dir)
+    baseline_rate: float | None = None
+    if postgres_url:
+        csv_path = fleet_file(work_dir, vehicles, seed, "csv")
+        with scratch_postgres_database(postgres_url, "otacm_bench") as engine:
+            seconds, rows = raw_copy(engine, csv_path)
+            baseline_rate = rows / seconds
+            report.add(Result("PostgreSQL raw COPY of the ECU rows (baseline)", seconds, rows))
+            upgrade(engine)
+            seconds, rows = import_into(engine, jsonl, settings)
+            report.add(
+                Result(
+                    "PostgreSQL: import into an empty registry",
+                    seconds,
+                    rows,
+                    "raw COPY",
+                    rows / seconds / baseline_rate,
+                    "target < 120 s",
+                )
+            )
+            first = seconds
+            seconds, rows = import_into(engine, jsonl, settings)
+            report.add(
+                Result(
+                    "PostgreSQL: re-import, all unchanged",
+                    seconds,
+                    rows,
+                    "first import",
+                    first / seconds,
+                    "target: no slower than first",
+                )
+            )
+            with engine.connect() as conn:
+                report.facts["PostgreSQL registry"] = (
+                    f"{conn.execute(select(func.count()).select_from(Vehicle)).scalar():,} "
+                    f"vehicles, {conn.execute(select(func.count()).select_from(Ecu)).scalar():,}"
+                    " ECUs"
+                )
+            search_latency(engine, settings, report, "PostgreSQL")
+    if sqlite:
+        path = work_dir / "bench-sqlite.db"
+        for old in work_dir.glob("bench-sqlite.db*"):
+            old.unlink()
+        engine = make_engine(f"sqlite:///{path}")
+        upgrade(engine)
+        seconds, rows = import_into(engine, jsonl, settings)
+        report.add(
+            Result(
+                "SQLite: import into an empty registry",
+                seconds,
+                rows,
+                "raw COPY" if baseline_rate else None,
+                rows / seconds / baseline_rate if baseline_rate else None,
+                "target < 180 s",
+            )
+        )
+        search_latency(engine, settings, report, "SQLite")
+        engine.dispose()
+    report.facts["peak RSS of the benchmark process"] = f"{peak_rss_mb():.0f} MB (target < 500)"
+    console.print("done")
+    return report
