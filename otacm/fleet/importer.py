@@ -7,14 +7,16 @@ strict mode the whole file is one transaction that is rolled back if any record 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from queue import Full, Queue
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, insert, update
 
-from otacm.config import Settings
+from otacm.config import Settings, VinCheckDigitPolicy
 from otacm.db import utcnow
 from otacm.fleet._bulk import (
     ECU_COLUMNS,
@@ -105,7 +107,9 @@ def run_import(
         report.format, report.compressed = reader.format, reader.compressed
         importer = _BatchImporter(bulk, report, settings)
         kept: list[Rejection] = []
-        for batch in _batches(reader.records, settings.import_batch_size, report):
+        policy = settings.vin_check_digit
+        batches = _read_ahead(_batches(reader.records, settings.import_batch_size), policy)
+        for batch in batches:
             if strict:
                 if not conn.in_transaction():
                     conn.begin()
@@ -155,9 +159,57 @@ def run_import(
             conn.close()
 
 
-def _batches(
-    records: Iterator[RawRecord], size: int, report: ImportReport
-) -> Iterator[list[RawRecord]]:
+Validated = list[tuple[RawRecord, VehicleRecord | None]]
+
+
+def _read_ahead(
+    batches: Iterator[list[RawRecord]], policy: VinCheckDigitPolicy
+) -> Iterator[Validated]:
+    """Parse and validate the next batches in a thread while the caller writes this one.
+
+    The database does its share of the work in its own process (PostgreSQL) or with the
+    interpreter lock released (SQLite), so reading ahead keeps both cores busy. At most two
+    batches wait, which bounds memory.
+    """
+    done = object()
+    queue: Queue[Any] = Queue(maxsize=2)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        """Hand `item` over unless the consumer has gone away."""
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                validated = [
+                    (raw, None if raw.problems else validate_record(raw, policy)) for raw in batch
+                ]
+                if not offer(validated):
+                    return
+            offer(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            offer(exc)
+
+    thread = threading.Thread(target=produce, name="fleet-import-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _batches(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:
     """Batches of records; a compressed file that breaks off ends with a rejection for it."""
     batch: list[RawRecord] = []
     try:
@@ -193,12 +245,11 @@ class _BatchImporter:
                     name = f"ecus[{p.ecu}].{name}"
             out.append(Rejection(line, vin, name if self.jsonl else csv_column(name), p.reason))
 
-    def process(self, batch: list[RawRecord], *, write: bool) -> list[Rejection]:
+    def process(self, batch: Validated, *, write: bool) -> list[Rejection]:
         rejected: list[Rejection] = []
         self.report.records_read += len(batch)
         valid: list[tuple[RawRecord, VehicleRecord]] = []
-        for raw in batch:
-            record = validate_record(raw, self.policy) if not raw.problems else None
+        for raw, record in batch:
             if record is None:
                 self._reject(raw, raw.problems, rejected)
             else:

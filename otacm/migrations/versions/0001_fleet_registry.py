@@ -107,18 +107,14 @@ def upgrade() -> None:
         sa.Column("import_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("removed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["vehicle_id"], ["vehicles.id"], name=op.f("fk_ecus_vehicle_id_vehicles")
-        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ecus")),
         sa.UniqueConstraint("serial", name=op.f("uq_ecus_serial")),
     )
     with op.batch_alter_table("ecus", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_ecus_hardware", ["hardware_part_number", "hardware_version"], unique=False
-        )
-        batch_op.create_index(
-            "ix_ecus_type_software", ["ecu_type", "software_version"], unique=False
+            "ix_ecus_target",
+            ["ecu_type", "hardware_part_number", "hardware_version", "software_version"],
+            unique=False,
         )
         batch_op.create_index("ix_ecus_vehicle_id", ["vehicle_id"], unique=False)
 
@@ -181,8 +177,7 @@ def downgrade() -> None:
     op.drop_table("ecu_history")
     with op.batch_alter_table("ecus", schema=None) as batch_op:
         batch_op.drop_index("ix_ecus_vehicle_id")
-        batch_op.drop_index("ix_ecus_type_software")
-        batch_op.drop_index("ix_ecus_hardware")
+        batch_op.drop_index("ix_ecus_target")
 
     op.drop_table("ecus")
     with op.batch_alter_table("vehicles", schema=None) as batch_op:
