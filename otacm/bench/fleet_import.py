@@ -46,7 +46,7 @@ def raw_copy(engine: Engine, csv_path: Path) -> tuple[float, int]:
         ):
             while chunk := source.read(1 << 20):
                 copy.write(chunk)
-        conn.commit()
+        raw.commit()
     with engine.begin() as conn:
         rows = int(conn.exec_driver_sql("SELECT count(*) FROM bench_raw_ecu_rows").scalar_one())
         conn.exec_driver_sql("DROP TABLE bench_raw_ecu_rows")

@@ -8,7 +8,7 @@ transaction: nothing commits.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,11 +16,14 @@ from sqlalchemy import (
     ARRAY,
     ColumnElement,
     Connection,
+    Engine,
     String,
     and_,
     any_,
     bindparam,
+    cast,
     func,
+    literal,
     literal_column,
     select,
 )
@@ -106,6 +109,10 @@ ECU_UPDATE_COLUMNS = (
 )
 
 
+# Vehicle ids an SQLite import reserves at a time.
+SQLITE_ID_BLOCK = 50_000
+
+
 class BulkIO:
     """The importer's window on the database, for one connection."""
 
@@ -113,20 +120,27 @@ class BulkIO:
         self.conn = conn
         self.postgresql = is_postgresql(conn.dialect)
         self.mark = "%s" if self.postgresql else "?"
+        # Timestamps go to the bulk paths as text: COPY reads text anyway, and a string is
+        # cheaper for psycopg to send than a datetime to convert.
         self.timestamp: Callable[[datetime], Any] = (
-            (lambda value: value) if self.postgresql else sqlite_timestamp
+            datetime.isoformat if self.postgresql else sqlite_timestamp
         )
         self.json: Callable[[dict[str, Any]], str] = json.dumps
+        self._sqlite_ids: range = range(0)
 
     # -- reads ---------------------------------------------------------------------------------
 
     def _keys_in(self, column: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
-        """`column IN keys` as one bound parameter: an array on PostgreSQL, a JSON array read
-        by json_each on SQLite. Thousands of separate parameters cost more to send than to look up.
+        """`column IN keys` as one text parameter: split into an array by PostgreSQL, read as a
+        JSON array by SQLite. Thousands of separate parameters, or an array parameter, cost the
+        client more to send than the server needs to look them up. Keys never hold a newline:
+        VINs, serials and ids are validated printable.
         """
         condition: ColumnElement[bool]
         if self.postgresql:
-            condition = column == any_(bindparam("keys", list(keys), type_=ARRAY(column.type)))
+            joined = bindparam("keys", "\n".join(map(str, keys)), type_=String())
+            array = cast(func.string_to_array(joined, literal("\n")), ARRAY(column.type))
+            condition = column == any_(array)
             return condition
         condition = column.in_(
             select(literal_column("value")).select_from(
@@ -161,18 +175,45 @@ class BulkIO:
 
     # -- ids -----------------------------------------------------------------------------------
 
-    def reserve_vehicle_ids(self, count: int) -> list[int]:
-        """Ids for `count` new vehicles, so that their ECUs can be written in the same pass."""
+    def vehicle_ids(self, count: int, engine: Engine) -> Iterator[int]:
+        """At least `count` ids for new vehicles, reserved before their rows are written.
+
+        PostgreSQL draws them from the table's sequence. SQLite has none: ids come in blocks
+        from `id_allocations`, reserved in a short write transaction of their own.
+        """
         if count == 0:
-            return []
+            return iter(())
         if self.postgresql:
             result = self.conn.exec_driver_sql(
                 "SELECT nextval('vehicles_id_seq') FROM generate_series(1, %s)", (count,)
             )
-            return [row[0] for row in result]
-        # SQLite: the import holds the write lock (BEGIN IMMEDIATE), so max(id) is stable.
-        top = self.conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM vehicles").scalar()
-        return list(range(int(top or 0) + 1, int(top or 0) + 1 + count))
+            return iter([row[0] for row in result])
+        if len(self._sqlite_ids) < count:
+            size = max(count, SQLITE_ID_BLOCK)
+            if self.conn.in_transaction():
+                # Already the writer (a strict import): allocate inside its transaction.
+                start = self._allocate(self.conn, size)
+            else:
+                immediate = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+                with immediate as conn, conn.begin():
+                    start = self._allocate(conn, size)
+            self._sqlite_ids = range(start, start + size)
+        ids, self._sqlite_ids = self._sqlite_ids[:count], self._sqlite_ids[count:]
+        return iter(ids)
+
+    @staticmethod
+    def _allocate(conn: Connection, size: int) -> int:
+        stored = conn.exec_driver_sql(
+            "SELECT next_id FROM id_allocations WHERE name = 'vehicles'"
+        ).scalar()
+        top = conn.exec_driver_sql("SELECT coalesce(max(id), 0) + 1 FROM vehicles").scalar_one()
+        start = max(int(stored or 1), int(top))
+        conn.exec_driver_sql(
+            "INSERT INTO id_allocations (name, next_id) VALUES ('vehicles', ?) "
+            "ON CONFLICT (name) DO UPDATE SET next_id = excluded.next_id",
+            (start + size,),
+        )
+        return start
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -107,6 +107,11 @@ class BatchDiff:
     changed_vehicles: dict[int, tuple[VehicleRecord, bool]] = field(default_factory=dict)
     new_ecus: list[tuple[Any, ...]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
+    # Vehicles this batch creates, by VIN: what a repeat of the VIN must restate exactly.
+    created: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.now_value = self.timestamp(self.now)
 
     def apply(self, record: VehicleRecord, line: int) -> bool:
         """Apply one record, or raise RecordConflict and change nothing.
@@ -114,8 +119,19 @@ class BatchDiff:
         Returns False for a stale record (older than the registry's data), which changes and
         claims nothing.
         """
-        stored = self.vehicles.get(record.vin)
         exported_at = record.exported_at
+        created = self.created.get(record.vin)
+        if created is not None:
+            if created != _signature(record):
+                raise RecordConflict(
+                    "vin",
+                    f"VIN repeats line {self.repeated_vins[record.vin]} of this file "
+                    "with different data",
+                )
+            self.counts.vehicles_unchanged += 1
+            self.counts.ecus_unchanged += len(record.ecus)
+            return True
+        stored = self.vehicles.get(record.vin)
         repeat_of = self.repeated_vins.get(record.vin)
         if stored is not None and exported_at < stored.exported_at:
             if repeat_of is not None:
@@ -140,7 +156,7 @@ class BatchDiff:
             vehicle_id = next(self.new_ids)
             stored = StoredVehicle(vehicle_id, record.vin, data, exported_at)
             self.vehicles[record.vin] = stored
-            self.active_by_vehicle[vehicle_id] = []
+            self.created[record.vin] = _signature(record)
             ts = self.timestamp
             self.new_vehicles.append(
                 (
@@ -160,8 +176,8 @@ class BatchDiff:
                     record.vehicle_public_key,
                     record.rxswin,
                     self.import_id,
-                    ts(self.now),
-                    ts(self.now),
+                    self.now_value,
+                    self.now_value,
                 )
             )
             self.counts.vehicles_created += 1
@@ -224,14 +240,16 @@ class BatchDiff:
     def _apply_ecus(
         self, record: VehicleRecord, vehicle: StoredVehicle, plan: list[tuple[str, EcuRecord]]
     ) -> None:
-        ts = self.timestamp
         at = record.exported_at
         counts = self.counts
         listed = set()
+        # The same for every ECU this record creates: written once, not per ECU.
+        created_tail = ("import", self.timestamp(at), self.import_id, None, self.now_value)
+        new_ecus = self.new_ecus
         for kind, ecu in plan:
             listed.add(ecu.serial)
             if kind == "create":
-                self.new_ecus.append(
+                new_ecus.append(
                     (
                         vehicle.id,
                         ecu.ecu_type,
@@ -242,29 +260,9 @@ class BatchDiff:
                         ecu.software_part_number,
                         ecu.software_version,
                         ecu.calibration_id,
-                        "import",
-                        ts(at),
-                        self.import_id,
-                        None,
-                        ts(self.now),
+                        *created_tail,
                     )
                 )
-                # Known to later records of this batch (a repeat of this VIN must match it);
-                # the id is never used, as nothing else may change an ECU created here.
-                self.ecus[ecu.serial] = StoredEcu(
-                    -1,
-                    ecu.serial,
-                    vehicle.id,
-                    vehicle.vin,
-                    at,
-                    ecu_hardware(ecu),
-                    ecu_software(ecu),
-                    "import",
-                    at,
-                    self.import_id,
-                    None,
-                )
-                self.active_by_vehicle.setdefault(vehicle.id, []).append(ecu.serial)
                 counts.ecus_created += 1
                 continue
             stored = self.ecus[ecu.serial]
@@ -311,7 +309,7 @@ class BatchDiff:
                 self.import_id,
                 to_vehicle,
                 ts(at),
-                ts(self.now),
+                self.now_value,
             )
         )
 
@@ -327,7 +325,7 @@ class BatchDiff:
                 ts(e.software_observed_at),
                 e.import_id,
                 ts(e.removed_at) if e.removed_at else None,
-                ts(self.now),
+                self.now_value,
                 e.id,
             )
             for e in self.ecus.values()
@@ -355,11 +353,19 @@ class BatchDiff:
                     r.vehicle_public_key,
                     r.rxswin,
                     self.import_id,
-                    ts(self.now),
+                    self.now_value,
                     vehicle_id,
                 )
             )
         return rows
+
+
+def _signature(r: VehicleRecord) -> tuple[Any, ...]:
+    return (
+        vehicle_data(r),
+        r.exported_at,
+        [(e.serial, ecu_hardware(e), ecu_software(e)) for e in r.ecus],
+    )
 
 
 def _json(value: dict[str, Any]) -> str:

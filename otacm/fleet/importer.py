@@ -7,8 +7,11 @@ strict mode the whole file is one transaction that is rolled back if any record 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from queue import Full, Queue
@@ -85,6 +88,12 @@ def run_import(
 ) -> ImportReport:
     """Import the manufacturing export in `stream`; the report says what happened to each record.
 
+    Three threads share the work: one reads and validates the file a batch ahead, this one
+    plans each batch (lookups on its own connection, then the in-memory comparison), and a
+    writer commits the previous batch meanwhile. A batch that touches a VIN or ECU serial of
+    the batch being written waits for that write, so every plan reads committed data. A strict
+    import is one transaction, so there it plans and writes on one connection, in turn.
+
     Raises:
         ImportFileError: the file as a whole is unreadable (empty, no usable header); nothing
             was imported, and the import is recorded as failed.
@@ -92,48 +101,32 @@ def run_import(
     report = ImportReport(
         _create_import(engine, source_name, strict, started_by), source_name, strict
     )
-    conn = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
-    bulk = BulkIO(conn)
+    write_conn = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+    read_conn = write_conn if strict else engine.connect()
+    writer = _Writer(BulkIO(write_conn), report)
+    planner = _Planner(BulkIO(read_conn), report, engine, commit_reads=not strict)
     try:
-        if bulk.postgresql:
-            conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (IMPORT_LOCK_KEY,))
-        bulk.create_seen_tables()
-        conn.commit()
+        if writer.bulk.postgresql:
+            write_conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (IMPORT_LOCK_KEY,))
+            write_conn.commit()
+        planner.bulk.create_seen_tables()
+        read_conn.commit()
         try:
             reader = open_export(stream, settings.import_max_line_bytes)
         except ImportFileError as exc:
             _finish(engine, report, "failed", error=exc.detail)
             raise
         report.format, report.compressed = reader.format, reader.compressed
-        importer = _BatchImporter(bulk, report, settings)
-        kept: list[Rejection] = []
-        policy = settings.vin_check_digit
-        batches = _read_ahead(_batches(reader.records, settings.import_batch_size), policy)
-        for batch in batches:
+        planner.jsonl = reader.format == "jsonl"
+        batches = _read_ahead(
+            _batches(reader.records, settings.import_batch_size), settings.vin_check_digit
+        )
+        keep = settings.import_report_rejections
+        with _collector_paused():
             if strict:
-                if not conn.in_transaction():
-                    conn.begin()
-                # After the first bad record nothing will be kept: validate, write nothing.
-                rejected = importer.process(batch, write=report.records_rejected == 0)
-                kept.extend(rejected[: max(0, STRICT_REJECTION_LIMIT - len(kept))])
+                _import_strict(batches, planner, writer, report, keep, on_batch)
             else:
-                with conn.begin():
-                    rejected = importer.process(batch, write=True)
-                    _store_rejections(conn, report.import_id, rejected)
-                    _save_progress(conn, report)
-            report.rejections.extend(
-                rejected[: settings.import_report_rejections - len(report.rejections)]
-            )
-            if on_batch:
-                on_batch(report)
-        if strict:
-            if report.records_rejected:
-                conn.rollback()
-                report.counts = Counts()
-            else:
-                conn.commit()
-            with conn.begin():
-                _store_rejections(conn, report.import_id, kept)
+                _import_pipelined(batches, planner, writer, report, keep, on_batch)
         status = (
             "completed"
             if not report.records_rejected
@@ -142,21 +135,116 @@ def run_import(
         _finish(engine, report, status)
         return report
     except BaseException as exc:
-        if conn.in_transaction():
-            conn.rollback()
         if report.status == "running":
             _finish(engine, report, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        try:
-            if conn.in_transaction():
-                conn.rollback()
-            bulk.drop_seen_tables()
-            if bulk.postgresql:
-                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (IMPORT_LOCK_KEY,))
-            conn.commit()
-        finally:
-            conn.close()
+        writer.close()
+        for conn in {id(read_conn): read_conn, id(write_conn): write_conn}.values():
+            try:
+                if conn.in_transaction():
+                    conn.rollback()
+                if conn is read_conn:
+                    planner.bulk.drop_seen_tables()
+                if conn is write_conn and writer.bulk.postgresql:
+                    conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (IMPORT_LOCK_KEY,))
+                conn.commit()
+            finally:
+                conn.close()
+
+
+_collector_lock = threading.Lock()
+_collector_pauses = 0
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while an import runs.
+
+    An import allocates tens of millions of short-lived containers, and the collector's passes
+    over them cost a quarter of the import's time; the import creates no reference cycles worth
+    collecting. A full collection when the last import in the process ends reclaims any.
+    """
+    global _collector_pauses
+    with _collector_lock:
+        if _collector_pauses == 0:
+            gc.disable()
+        _collector_pauses += 1
+    try:
+        yield
+    finally:
+        with _collector_lock:
+            _collector_pauses -= 1
+            if _collector_pauses == 0:
+                gc.enable()
+        if _collector_pauses == 0:
+            gc.collect()
+
+
+def _import_pipelined(
+    batches: Iterator[Validated],
+    planner: _Planner,
+    writer: _Writer,
+    report: ImportReport,
+    keep: int,
+    on_batch: Callable[[ImportReport], None] | None,
+) -> None:
+    in_flight: Future[None] | None = None
+    in_flight_keys: set[str] = set()
+
+    def settle() -> None:
+        nonlocal in_flight
+        if in_flight is not None:
+            future, in_flight = in_flight, None
+            future.result()
+            if on_batch:
+                on_batch(report)
+
+    def wait_if_overlapping(keys: set[str]) -> None:
+        if in_flight is not None and not keys.isdisjoint(in_flight_keys):
+            in_flight.result()
+
+    try:
+        for batch in batches:
+            plan = planner.plan(batch, wait_if_overlapping)
+            report.rejections.extend(plan.rejected[: keep - len(report.rejections)])
+            settle()
+            in_flight, in_flight_keys = writer.submit(plan), plan.keys
+        settle()
+    finally:
+        # Never leave a batch half-written behind us: let the one in flight finish.
+        if in_flight is not None:
+            with contextlib.suppress(BaseException):
+                in_flight.result()
+
+
+def _import_strict(
+    batches: Iterator[Validated],
+    planner: _Planner,
+    writer: _Writer,
+    report: ImportReport,
+    keep: int,
+    on_batch: Callable[[ImportReport], None] | None,
+) -> None:
+    conn = writer.bulk.conn
+    kept: list[Rejection] = []
+    conn.begin()
+    for batch in batches:
+        plan = planner.plan(batch, lambda _keys: None)
+        # After the first bad record nothing will be kept: go on validating, write nothing.
+        if not report.records_rejected:
+            writer.write_rows(plan)
+        kept.extend(plan.rejected[: max(0, STRICT_REJECTION_LIMIT - len(kept))])
+        report.rejections.extend(plan.rejected[: keep - len(report.rejections)])
+        if on_batch:
+            on_batch(report)
+    if report.records_rejected:
+        conn.rollback()
+        report.counts = Counts()
+    else:
+        conn.commit()
+    with conn.begin():
+        _store_rejections(conn, report.import_id, kept)
 
 
 Validated = list[tuple[RawRecord, VehicleRecord | None]]
@@ -224,12 +312,24 @@ def _batches(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord
         yield batch
 
 
-class _BatchImporter:
-    def __init__(self, bulk: BulkIO, report: ImportReport, settings: Settings) -> None:
+@dataclass
+class _Plan:
+    diff: BatchDiff
+    rejected: list[Rejection]
+    keys: set[str]  # the VINs and ECU serials the batch reads or writes
+
+
+class _Planner:
+    """Works out what a batch changes, reading committed state on its own connection."""
+
+    def __init__(
+        self, bulk: BulkIO, report: ImportReport, engine: Engine, *, commit_reads: bool
+    ) -> None:
         self.bulk = bulk
         self.report = report
-        self.policy = settings.vin_check_digit
-        self.jsonl = report.format == "jsonl"
+        self.engine = engine
+        self.commit_reads = commit_reads
+        self.jsonl = False
 
     def _reject(self, raw: RawRecord, problems: list[Problem], out: list[Rejection]) -> None:
         self.report.records_rejected += 1
@@ -245,7 +345,7 @@ class _BatchImporter:
                     name = f"ecus[{p.ecu}].{name}"
             out.append(Rejection(line, vin, name if self.jsonl else csv_column(name), p.reason))
 
-    def process(self, batch: Validated, *, write: bool) -> list[Rejection]:
+    def plan(self, batch: Validated, wait_for: Callable[[set[str]], None]) -> _Plan:
         rejected: list[Rejection] = []
         self.report.records_read += len(batch)
         valid: list[tuple[RawRecord, VehicleRecord]] = []
@@ -254,16 +354,19 @@ class _BatchImporter:
                 self._reject(raw, raw.problems, rejected)
             else:
                 valid.append((raw, record))
-        bulk = self.bulk
         vins = list(dict.fromkeys(r.vin for _, r in valid))
-        diff = self._load_state(valid, vins)
+        serials = list(dict.fromkeys(e.serial for _, r in valid for e in r.ecus))
+        keys = {*vins, *serials}
+        new_ids = self.bulk.vehicle_ids(len(vins), self.engine)
+        wait_for(keys)
+        diff = self._load_state(vins, serials, new_ids)
         # VINs taken earlier in this file: repeats of the batch's own, and owners of its ECUs.
         owner_vins = {e.owner_vin for e in diff.ecus.values()}
-        seen = bulk.seen_vins(list(owner_vins.union(vins)))
+        seen = self.bulk.seen_vins(list(owner_vins.union(vins)))
         batch_vins = set(vins)
         diff.repeated_vins = {vin: line for vin, line in seen.items() if vin in batch_vins}
         owners: dict[str, tuple[str, int]] = {}
-        applied: list[tuple[RawRecord, VehicleRecord]] = []
+        first_seen: dict[str, int] = {}
         for raw, record in valid:
             clash = _serial_clash(record, self.report.import_id, diff, seen, owners)
             if clash:
@@ -277,19 +380,18 @@ class _BatchImporter:
                 )
                 continue
             if taken:
-                applied.append((raw, record))
+                if record.vin not in seen:
+                    first_seen.setdefault(record.vin, raw.line)
                 for ecu in record.ecus:
                     owners.setdefault(ecu.serial, (record.vin, raw.line))
         self.report.counts.add(diff.counts)
-        if write:
-            self._write(diff)
-        first_seen = {r.vin: raw.line for raw, r in reversed(applied) if r.vin not in seen}
-        bulk.remember(list(first_seen.items()))
-        return rejected
+        self.bulk.remember(list(first_seen.items()))
+        if self.commit_reads:
+            # Ends the read snapshot, so that the next plan sees the batches written meanwhile.
+            self.bulk.conn.commit()
+        return _Plan(diff, rejected, keys)
 
-    def _load_state(
-        self, accepted: list[tuple[RawRecord, VehicleRecord]], vins: list[str]
-    ) -> BatchDiff:
+    def _load_state(self, vins: list[str], serials: list[str], new_ids: Iterator[int]) -> BatchDiff:
         bulk = self.bulk
         vehicles = {
             row.vin: StoredVehicle(
@@ -312,15 +414,12 @@ class _BatchImporter:
             )
             for row in bulk.vehicles_by_vin(vins)
         }
-        serials = list(dict.fromkeys(e.serial for _, r in accepted for e in r.ecus))
-        rows = bulk.ecus_by_serial(serials) if serials else []
-        if vehicles:
-            rows.extend(bulk.active_ecus_of([v.id for v in vehicles.values()]))
+        rows = bulk.active_ecus_of([v.id for v in vehicles.values()])
+        fitted = {row.serial for row in rows}
+        rows += bulk.ecus_by_serial([s for s in serials if s not in fitted])
         ecus: dict[str, StoredEcu] = {}
         active: dict[int, list[str]] = {}
         for row in rows:
-            if row.serial in ecus:
-                continue
             ecus[row.serial] = StoredEcu(
                 row.id,
                 row.serial,
@@ -336,24 +435,49 @@ class _BatchImporter:
             )
             if row.removed_at is None:
                 active.setdefault(row.vehicle_id, []).append(row.serial)
-        new_ids = iter(bulk.reserve_vehicle_ids(len(vins) - len(vehicles)))
         return BatchDiff(
-            self.report.import_id,
-            utcnow(),
-            bulk.timestamp,
-            vehicles,
-            ecus,
-            active,
-            new_ids,
+            self.report.import_id, utcnow(), bulk.timestamp, vehicles, ecus, active, new_ids
         )
 
-    def _write(self, diff: BatchDiff) -> None:
-        bulk = self.bulk
+
+class _Writer:
+    """Writes planned batches, one transaction each, on a thread of its own."""
+
+    def __init__(self, bulk: BulkIO, report: ImportReport) -> None:
+        self.bulk = bulk
+        self.report = report
+        self._executor: ThreadPoolExecutor | None = None
+
+    def submit(self, plan: _Plan) -> Future[None]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="fleet-import-writer")
+        summary = self.report.summary()
+        return self._executor.submit(self._write_batch, plan, summary)
+
+    def _write_batch(self, plan: _Plan, summary: dict[str, Any]) -> None:
+        conn = self.bulk.conn
+        with conn.begin():
+            self.write_rows(plan)
+            _store_rejections(conn, self.report.import_id, plan.rejected)
+            conn.execute(
+                update(FleetImport)
+                .where(FleetImport.id == self.report.import_id)
+                .values(
+                    counts=summary, format=self.report.format, compressed=self.report.compressed
+                )
+            )
+
+    def write_rows(self, plan: _Plan) -> None:
+        bulk, diff = self.bulk, plan.diff
         bulk.insert("vehicles", VEHICLE_COLUMNS, diff.new_vehicles)
         bulk.update_by_id("vehicles", VEHICLE_UPDATE_COLUMNS, diff.changed_vehicle_rows(bulk.json))
         bulk.update_by_id("ecus", ECU_UPDATE_COLUMNS, diff.changed_ecu_rows())
         bulk.insert("ecus", ECU_COLUMNS, diff.new_ecus)
         bulk.insert("ecu_history", HISTORY_COLUMNS, diff.history)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 def _serial_clash(
@@ -375,7 +499,6 @@ def _serial_clash(
             stored = diff.ecus.get(ecu.serial)
             if (
                 stored is not None
-                and stored.id != -1
                 and stored.removed_at is None
                 and stored.owner_vin != record.vin
                 and (stored.import_id == import_id or stored.owner_vin in seen)
@@ -425,14 +548,6 @@ def _store_rejections(conn: Connection, import_id: int, rejections: list[Rejecti
                 for r in rejections
             ],
         )
-
-
-def _save_progress(conn: Connection, report: ImportReport) -> None:
-    conn.execute(
-        update(FleetImport)
-        .where(FleetImport.id == report.import_id)
-        .values(counts=report.summary(), format=report.format, compressed=report.compressed)
-    )
 
 
 def _finish(engine: Engine, report: ImportReport, status: str, error: str | None = None) -> None:

@@ -140,3 +140,16 @@ class EcuHistory(Base):
     changed_to_vehicle_id: Mapped[int | None] = mapped_column(ForeignKey("vehicles.id"))
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class IdAllocation(Base):
+    """SQLite's stand-in for a sequence: the next free id of a table, handed out in blocks.
+
+    The importer plans a batch while the previous one is being written, so it needs vehicle
+    ids before that write commits; PostgreSQL uses the table's own sequence instead.
+    """
+
+    __tablename__ = "id_allocations"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_id: Mapped[int] = mapped_column(BigInteger)

@@ -280,6 +280,9 @@ def _attributes(fields: dict[str, Any], problems: list[Problem]) -> dict[str, An
 
 
 def validate_ecu(data: dict[str, Any], index: int, problems: list[Problem]) -> EcuRecord | None:
+    fast = _clean_ecu(data)
+    if fast is not None:
+        return fast
     before = len(problems)
     ecu_type = _text(data, "ecu_type", problems, index)
     serial = _text(data, "serial", problems, index)
@@ -292,6 +295,46 @@ def validate_ecu(data: dict[str, Any], index: int, problems: list[Problem]) -> E
     if len(problems) != before:
         return None
     assert ecu_type and serial and hw_pn and hw_version and protocol and sw_pn and sw_version
+    return EcuRecord(
+        ecu_type.upper(), serial, hw_pn, hw_version, protocol, sw_pn, sw_version, calibration
+    )
+
+
+def _clean_ecu(data: dict[str, Any]) -> EcuRecord | None:
+    """The ECU when every field is already clean, else None (then the careful path decides).
+
+    Most of a fleet import's time goes to its ECUs; this path checks the common case with a
+    handful of operations instead of one function call per field.
+    """
+    get = data.get
+    ecu_type, serial = get("ecu_type"), get("serial")
+    hw_pn, hw_version = get("hardware_part_number"), get("hardware_version")
+    protocol, calibration = get("protocol"), get("calibration_id")
+    sw_pn, sw_version = get("software_part_number"), get("software_version")
+    if not (
+        type(ecu_type) is str
+        and type(serial) is str
+        and type(hw_pn) is str
+        and type(hw_version) is str
+        and type(sw_pn) is str
+        and type(sw_version) is str
+        and type(protocol) is str
+        and protocol in PROTOCOLS
+        and (calibration is None or (type(calibration) is str and 0 < len(calibration) <= 64))
+        and 0 < len(ecu_type) <= 32
+        and 0 < len(serial) <= 64
+        and 0 < len(hw_pn) <= 64
+        and 0 < len(hw_version) <= 32
+        and 0 < len(sw_pn) <= 64
+        and 0 < len(sw_version) <= 64
+    ):
+        return None
+    joined = "|".join((ecu_type, serial, hw_pn, hw_version, sw_pn, sw_version, calibration or "-"))
+    # Printable (the only whitespace left is the space) and no value starts or ends with one.
+    if not joined.isprintable() or " |" in joined or "| " in joined or joined[0] == " ":
+        return None
+    if joined[-1] == " ":
+        return None
     return EcuRecord(
         ecu_type.upper(), serial, hw_pn, hw_version, protocol, sw_pn, sw_version, calibration
     )

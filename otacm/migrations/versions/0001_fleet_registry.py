@@ -17,6 +17,12 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
+        "id_allocations",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("next_id", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_id_allocations")),
+    )
+    op.create_table(
         "fleet_imports",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("source_name", sa.String(length=500), nullable=False),
@@ -191,3 +197,4 @@ def downgrade() -> None:
 
     op.drop_table("fleet_import_rejections")
     op.drop_table("fleet_imports")
+    op.drop_table("id_allocations")
