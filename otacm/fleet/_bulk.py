@@ -9,27 +9,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
-    ColumnElement,
     Connection,
     Engine,
-    String,
-    and_,
-    any_,
-    bindparam,
-    cast,
-    func,
-    literal,
-    literal_column,
-    select,
 )
 
 from otacm.db import is_postgresql, sqlite_timestamp
-from otacm.fleet.models import Ecu, Vehicle
+from otacm.fleet._diff import StoredEcu, StoredVehicle
 
 VEHICLE_COLUMNS = (
     "id",
@@ -130,48 +119,82 @@ class BulkIO:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def _keys_in(self, column: Any, keys: Sequence[Any]) -> ColumnElement[bool]:
-        """`column IN keys` as one text parameter: split into an array by PostgreSQL, read as a
-        JSON array by SQLite. Thousands of separate parameters, or an array parameter, cost the
-        client more to send than the server needs to look them up. Keys never hold a newline:
-        VINs, serials and ids are validated printable.
+    def _keys(self, column: str, keys: Sequence[Any], cast_to: str = "text") -> tuple[str, Any]:
+        """`column IN keys` as SQL with one text parameter: split into an array by PostgreSQL,
+        read as a JSON array by SQLite. Thousands of parameters, or an array parameter, cost
+        the client more to send than the server needs to look them up. Keys never hold a
+        newline: VINs, serials and ids are validated printable.
         """
-        condition: ColumnElement[bool]
         if self.postgresql:
-            joined = bindparam("keys", "\n".join(map(str, keys)), type_=String())
-            array = cast(func.string_to_array(joined, literal("\n")), ARRAY(column.type))
-            condition = column == any_(array)
-            return condition
-        condition = column.in_(
-            select(literal_column("value")).select_from(
-                func.json_each(bindparam("keys", json.dumps(list(keys)), type_=String()))
+            return (
+                f"{column} = ANY(string_to_array(%s, E'\\n')::{cast_to}[])",
+                "\n".join(map(str, keys)),
             )
-        )
-        return condition
+        return f"{column} IN (SELECT value FROM json_each(?))", json.dumps(list(keys))
 
-    def vehicles_by_vin(self, vins: Sequence[str]) -> list[Any]:
+    def _rows(self, sql: str, param: Any) -> list[tuple[Any, ...]]:
+        cursor = self.conn.exec_driver_sql(sql, (param,))
+        return [tuple(row) for row in cursor.fetchall()]
+
+    def _datetime(self, value: Any) -> Any:
+        # psycopg hands out aware datetimes; SQLite stores naive UTC text.
+        if value is None or self.postgresql:
+            return value
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+    def stored_vehicles(self, vins: Sequence[str]) -> dict[str, StoredVehicle]:
         if not vins:
-            return []
-        query = select(Vehicle.__table__).where(self._keys_in(Vehicle.vin, vins))
-        return list(self.conn.execute(query))
+            return {}
+        where, param = self._keys("vin", vins)
+        rows = self._rows(
+            "SELECT id, vin, engine_number, chassis_number, model, model_year, fuel_type, "
+            "region, country, manufactured_at, vehicle_public_key, rxswin, attributes, "
+            f"exported_at FROM vehicles WHERE {where}",
+            param,
+        )
+        when, decode = self._datetime, (lambda a: a) if self.postgresql else json.loads
+        return {
+            r[1]: StoredVehicle(
+                r[0], r[1], (*r[2:9], when(r[9]), r[10], r[11], decode(r[12]) or {}), when(r[13])
+            )
+            for r in rows
+        }
 
-    def _ecus_where(self, condition: ColumnElement[bool]) -> list[Any]:
-        query = select(
-            Ecu.__table__,
-            Vehicle.vin.label("owner_vin"),
-            Vehicle.exported_at.label("owner_exported_at"),
-        ).join(Vehicle, Vehicle.id == Ecu.vehicle_id)
-        return list(self.conn.execute(query.where(condition)))
+    def _stored_ecus(self, where: str, param: Any) -> list[StoredEcu]:
+        rows = self._rows(
+            "SELECT e.id, e.serial, e.vehicle_id, v.vin, v.exported_at, e.ecu_type, "
+            "e.hardware_part_number, e.hardware_version, e.protocol, e.software_part_number, "
+            "e.software_version, e.calibration_id, e.software_source, e.software_observed_at, "
+            f"e.import_id, e.removed_at FROM ecus e JOIN vehicles v ON v.id = e.vehicle_id "
+            f"WHERE {where}",
+            param,
+        )
+        when = self._datetime
+        return [
+            StoredEcu(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                when(r[4]),
+                r[5:9],
+                r[9:12],
+                r[12],
+                when(r[13]),
+                r[14],
+                when(r[15]),
+            )
+            for r in rows
+        ]
 
-    def ecus_by_serial(self, serials: Sequence[str]) -> list[Any]:
-        return self._ecus_where(self._keys_in(Ecu.serial, serials)) if serials else []
+    def ecus_by_serial(self, serials: Sequence[str]) -> list[StoredEcu]:
+        return self._stored_ecus(*self._keys("e.serial", serials)) if serials else []
 
-    def active_ecus_of(self, vehicle_ids: Sequence[int]) -> list[Any]:
+    def active_ecus_of(self, vehicle_ids: Sequence[int]) -> list[StoredEcu]:
         if not vehicle_ids:
             return []
-        return self._ecus_where(
-            and_(self._keys_in(Ecu.vehicle_id, vehicle_ids), Ecu.removed_at.is_(None))
-        )
+        where, param = self._keys("e.vehicle_id", vehicle_ids, "bigint")
+        return self._stored_ecus(f"{where} AND e.removed_at IS NULL", param)
 
     # -- ids -----------------------------------------------------------------------------------
 

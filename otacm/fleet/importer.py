@@ -29,7 +29,7 @@ from otacm.fleet._bulk import (
     VEHICLE_UPDATE_COLUMNS,
     BulkIO,
 )
-from otacm.fleet._diff import BatchDiff, Counts, RecordConflict, StoredEcu, StoredVehicle
+from otacm.fleet._diff import BatchDiff, Counts, RecordConflict, StoredEcu
 from otacm.fleet.models import FleetImport, FleetImportRejection
 from otacm.fleet.parser import ImportFileError, TruncatedFile, csv_column, open_export
 from otacm.fleet.records import Problem, RawRecord, VehicleRecord, validate_record
@@ -393,48 +393,16 @@ class _Planner:
 
     def _load_state(self, vins: list[str], serials: list[str], new_ids: Iterator[int]) -> BatchDiff:
         bulk = self.bulk
-        vehicles = {
-            row.vin: StoredVehicle(
-                row.id,
-                row.vin,
-                (
-                    row.engine_number,
-                    row.chassis_number,
-                    row.model,
-                    row.model_year,
-                    row.fuel_type,
-                    row.region,
-                    row.country,
-                    row.manufactured_at,
-                    row.vehicle_public_key,
-                    row.rxswin,
-                    row.attributes or {},
-                ),
-                row.exported_at,
-            )
-            for row in bulk.vehicles_by_vin(vins)
-        }
-        rows = bulk.active_ecus_of([v.id for v in vehicles.values()])
-        fitted = {row.serial for row in rows}
-        rows += bulk.ecus_by_serial([s for s in serials if s not in fitted])
+        vehicles = bulk.stored_vehicles(vins)
+        stored = bulk.active_ecus_of([v.id for v in vehicles.values()])
+        fitted = {e.serial for e in stored}
+        stored += bulk.ecus_by_serial([s for s in serials if s not in fitted])
         ecus: dict[str, StoredEcu] = {}
         active: dict[int, list[str]] = {}
-        for row in rows:
-            ecus[row.serial] = StoredEcu(
-                row.id,
-                row.serial,
-                row.vehicle_id,
-                row.owner_vin,
-                row.owner_exported_at,
-                (row.ecu_type, row.hardware_part_number, row.hardware_version, row.protocol),
-                (row.software_part_number, row.software_version, row.calibration_id),
-                row.software_source,
-                row.software_observed_at,
-                row.import_id,
-                row.removed_at,
-            )
-            if row.removed_at is None:
-                active.setdefault(row.vehicle_id, []).append(row.serial)
+        for ecu in stored:
+            ecus[ecu.serial] = ecu
+            if ecu.removed_at is None:
+                active.setdefault(ecu.vehicle_id, []).append(ecu.serial)
         return BatchDiff(
             self.report.import_id, utcnow(), bulk.timestamp, vehicles, ecus, active, new_ids
         )
