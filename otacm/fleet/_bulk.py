@@ -98,6 +98,32 @@ ECU_UPDATE_COLUMNS = (
 )
 
 
+# PostgreSQL types of the columns the bulk paths write (text unless named here).
+PG_TYPES = {
+    "id": "int8",
+    "vehicle_id": "int8",
+    "ecu_id": "int8",
+    "import_id": "int8",
+    "changed_by_import_id": "int8",
+    "changed_to_vehicle_id": "int8",
+    "model_year": "int4",
+    "line": "int4",
+    "attributes": "jsonb",
+    "manufactured_at": "timestamptz",
+    "exported_at": "timestamptz",
+    "software_observed_at": "timestamptz",
+    "removed_at": "timestamptz",
+    "changed_at": "timestamptz",
+    "recorded_at": "timestamptz",
+    "created_at": "timestamptz",
+    "updated_at": "timestamptz",
+}
+
+
+def _unchanged(value: datetime) -> datetime:
+    return value
+
+
 # Vehicle ids an SQLite import reserves at a time.
 SQLITE_ID_BLOCK = 50_000
 
@@ -109,10 +135,10 @@ class BulkIO:
         self.conn = conn
         self.postgresql = is_postgresql(conn.dialect)
         self.mark = "%s" if self.postgresql else "?"
-        # Timestamps go to the bulk paths as text: COPY reads text anyway, and a string is
-        # cheaper for psycopg to send than a datetime to convert.
+        # PostgreSQL takes datetimes (binary COPY sends them without formatting); SQLite
+        # takes the text SQLAlchemy would store.
         self.timestamp: Callable[[datetime], Any] = (
-            datetime.isoformat if self.postgresql else sqlite_timestamp
+            _unchanged if self.postgresql else sqlite_timestamp
         )
         self.json: Callable[[dict[str, Any]], str] = json.dumps
         self._sqlite_ids: range = range(0)
@@ -246,10 +272,17 @@ class BulkIO:
         if self.postgresql:
             raw = self.conn.connection.driver_connection
             assert raw is not None
+            types = [PG_TYPES.get(c, "text") for c in columns]
+            # Binary COPY spares both sides formatting and parsing timestamps and numbers;
+            # JSON documents go as text, which the server reads as such.
+            binary = "jsonb" not in types
+            sql = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
             with (
                 raw.cursor() as cursor,
-                cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
+                cursor.copy(sql + (" (FORMAT BINARY)" if binary else "")) as copy,
             ):
+                if binary:
+                    copy.set_types(types)
                 for row in rows:
                     copy.write_row(row)
             return
