@@ -221,6 +221,7 @@ def _choice(
         return None
     value = value.upper() if upper else value.lower()
     if value not in allowed:
+        value = data[name].strip()  # name the value as given, not as normalised
         problems.append(
             Problem(name, f"{_clip(value)!r} is not one of {', '.join(sorted(allowed))}", ecu)
         )
@@ -363,9 +364,11 @@ def validate_record(raw: RawRecord, policy: VinCheckDigitPolicy) -> VehicleRecor
     region = _choice(data, "region", REGIONS, problems, None, upper=True)
     country = _text(data, "country", problems, None)
     if country is not None:
-        country = country.upper()
         if len(country) != 2 or not country.isascii() or not country.isalpha():
-            problems.append(Problem("country", f"{_clip(country)!r} is not an ISO 3166 code"))
+            problems.append(
+                Problem("country", f"{_clip(country)!r} is not a two-letter ISO 3166 code")
+            )
+        country = country.upper()
     manufactured_at = _timestamp(data, "manufactured_at", problems)
     exported_at = _timestamp(data, "exported_at", problems)
     if manufactured_at and exported_at and manufactured_at > exported_at:
