@@ -11,11 +11,13 @@ from sqlalchemy import Engine
 
 from otacm import __version__
 from otacm.config import Settings, get_settings
+from otacm.console.pages import router as console_router
 from otacm.db import engine_from_settings, make_session_factory
 from otacm.errors import OtacmError
 from otacm.fleet.endpoints import router as fleet_router
 from otacm.observability import record_request
 from otacm.observability import router as operations_router
+from otacm.security.endpoints import router as operators_router
 
 
 async def _otacm_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -64,4 +66,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.middleware("http")(record_request)
     app.include_router(operations_router)
     app.include_router(fleet_router)
+    app.include_router(operators_router)
+    app.include_router(console_router)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from rich.console import Console
 
 from otacm.config import Settings, get_settings
 from otacm.db import current_revision, engine_from_settings, head_revision, upgrade
+from otacm.security.audit import Actor
 
 app = typer.Typer(
     help="otacm: over-the-air update campaigns for vehicle fleets.",
@@ -26,6 +28,16 @@ def settings_with(database_url: str | None) -> Settings:
     if database_url:
         settings = settings.model_copy(update={"database_url": database_url})
     return settings
+
+
+def cli_actor() -> Actor:
+    """The operator at this terminal: the CLI works on the database directly, so what it does
+    is audited under the operating-system account that ran it."""
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown"
+    return Actor(f"cli:{name}", "cli", "local")
 
 
 DatabaseOption = Annotated[
@@ -84,10 +96,14 @@ def _register() -> None:
     from otacm.bench.cli import app as bench_app
     from otacm.demo import demo
     from otacm.fleet.cli import fleet_app, vehicles_app
+    from otacm.security.cli import audit_app, tokens_app, users_app
 
     app.add_typer(fleet_app, name="fleet")
     app.add_typer(vehicles_app, name="vehicles")
     app.add_typer(bench_app, name="bench")
+    app.add_typer(users_app, name="users")
+    app.add_typer(tokens_app, name="tokens")
+    app.add_typer(audit_app, name="audit")
     app.command()(demo)
 
 

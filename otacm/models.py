@@ -1,5 +1,6 @@
 """Imports every domain's tables so that the metadata (and Alembic) sees the whole schema."""
 
 from otacm.fleet import models as fleet_models
+from otacm.security import models as security_models
 
-__all__ = ["fleet_models"]
+__all__ = ["fleet_models", "security_models"]

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,7 +20,12 @@ from sqlalchemy import Engine, text
 import otacm.models  # noqa: F401  (every table on the metadata)
 from otacm.app import create_app
 from otacm.config import Settings
-from otacm.db import Base, make_engine, upgrade
+from otacm.db import Base, make_engine, make_session_factory, unit_of_work, upgrade
+from otacm.security import service
+from otacm.security.audit import Actor
+from otacm.security.models import User
+
+TEST_ACTOR = Actor("test-setup", "admin", "local")
 
 POSTGRES_ADMIN_URL = os.environ.get("OTACM_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", "postgresql"] if POSTGRES_ADMIN_URL else ["sqlite"]
@@ -83,7 +89,35 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine.dispose()
 
 
+TEST_PASSWORD = "correct horse battery staple"
+
+
 @pytest.fixture
-def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+def make_operator(engine: Engine) -> Callable[..., str]:
+    """Creates an operator with `role` and returns a fresh API token of theirs."""
+
+    def make(role: str = "admin", name: str | None = None, **token: Any) -> str:
+        with unit_of_work(make_session_factory(engine)) as session:
+            user_name = name or f"{role}-{uuid.uuid4().hex[:6]}"
+            if session.query(User).filter_by(name=user_name).first() is None:
+                service.create_user(session, TEST_ACTOR, user_name, role, TEST_PASSWORD)
+            expires = token.get("expires_in")
+            return service.create_token(session, TEST_ACTOR, user_name, "test", expires).secret
+
+    return make
+
+
+@pytest.fixture
+def anonymous_client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
+    """A client without credentials."""
     with TestClient(create_app(settings, engine)) as client:
         yield client
+
+
+@pytest.fixture
+def client(
+    anonymous_client: TestClient, make_operator: Callable[..., str]
+) -> Iterator[TestClient]:
+    """A client acting as an admin through an API token."""
+    anonymous_client.headers["Authorization"] = f"Bearer {make_operator('admin', 'test-admin')}"
+    yield anonymous_client

@@ -72,9 +72,14 @@ def import_into(engine: Engine, path: Path, peaks: list[float]) -> tuple[float, 
 
 def search_latency(engine: Engine, settings: Settings, report: Report, label: str) -> None:
     """Median time for one page of GET /api/v1/vehicles with typical operator filters."""
+    with engine.connect() as conn:
+        installed = conn.execute(
+            select(Ecu.software_version).where(Ecu.ecu_type == "GATEWAY").limit(1)
+        ).scalar()
+        model = conn.execute(select(Vehicle.model).limit(1)).scalar()
     queries: dict[str, dict[str, object]] = {
         "no filter": {},
-        "model + year range": {"model": "Aurora", "model_year_min": 2023, "model_year_max": 2024},
+        "model + year range": {"model": model, "model_year_min": 2023, "model_year_max": 2024},
         "fuel + region + ECU hardware": {
             "fuel_type": "electric",
             "region": "EU",
@@ -82,7 +87,11 @@ def search_latency(engine: Engine, settings: Settings, report: Report, label: st
             "hardware_version": "B1",
         },
         "VIN prefix": {"vin_prefix": "1"},
-        "ECU software version": {"ecu_type": "GATEWAY", "software_version": "3.2.0"},
+        "ECU software version": {"ecu_type": "GATEWAY", "software_version": installed},
+        "ECU software version, no vehicle has it": {
+            "ecu_type": "GATEWAY",
+            "software_version": "0.0.1",
+        },
     }
     with TestClient(create_app(settings, engine)) as client:
         for name, params in queries.items():

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from otacm.cli import DatabaseOption, settings_with
+from otacm.cli import DatabaseOption, cli_actor, settings_with
 from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade
 from otacm.errors import OtacmError
 from otacm.fleet import service
@@ -135,7 +135,7 @@ def import_file(
                 settings=settings,
                 source_name=str(file),
                 strict=strict,
-                started_by=os.environ.get("USER"),
+                actor=cli_actor(),
                 on_batch=advance,
             )
             progress.update(task, completed=total or 1)
@@ -187,6 +187,7 @@ def show(vin: str, database_url: DatabaseOption = None) -> None:
 def set_status(
     vin: str,
     status: Annotated[str, typer.Argument(help="active, inactive or scrapped")],
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
     database_url: DatabaseOption = None,
 ) -> None:
     """Mark a vehicle active, inactive or scrapped (vehicles are never deleted)."""
@@ -195,7 +196,7 @@ def set_status(
     engine = engine_from_settings(settings_with(database_url))
     try:
         with unit_of_work(make_session_factory(engine)) as session:
-            vehicle, previous = service.change_status(session, vin, status)
+            vehicle, previous = service.change_status(session, cli_actor(), vin, status, reason)
     except OtacmError as exc:
         console.print(f"[red]{exc.detail}")
         raise typer.Exit(1) from None

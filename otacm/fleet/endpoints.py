@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from otacm.config import Settings
 from otacm.db import utcnow
 from otacm.deps import get_engine, get_session, get_settings
-from otacm.errors import ValidationFailed
 from otacm.fleet import repository, service
 from otacm.fleet.exporter import export_fleet
 from otacm.fleet.importer import run_import
@@ -29,6 +28,8 @@ from otacm.fleet.schemas import (
     VehicleStatusChange,
     VehicleSummary,
 )
+from otacm.security.auth import Principal, require
+from otacm.security.permissions import Permission
 
 router = APIRouter(prefix="/api/v1", tags=["fleet"])
 
@@ -40,6 +41,7 @@ UPLOAD_CHUNK = 1 << 20
 def list_vehicles(
     request: Request,
     session: Annotated[Session, Depends(get_session)],
+    _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
     model: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
     model_year_min: int | None = None,
     model_year_max: int | None = None,
@@ -84,17 +86,24 @@ def list_vehicles(
 
 
 @router.get("/vehicles/{vin}", response_model=VehicleDetail)
-def get_vehicle(vin: str, session: Annotated[Session, Depends(get_session)]) -> VehicleDetail:
+def get_vehicle(
+    vin: str,
+    session: Annotated[Session, Depends(get_session)],
+    _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
+) -> VehicleDetail:
     """The vehicle, its ECUs (fitted and removed) and every ECU's superseded states."""
     return service.vehicle_detail(session, vin)
 
 
 @router.post("/vehicles/{vin}/status", response_model=VehicleSummary)
 def change_vehicle_status(
-    vin: str, change: VehicleStatusChange, session: Annotated[Session, Depends(get_session)]
+    vin: str,
+    change: VehicleStatusChange,
+    session: Annotated[Session, Depends(get_session)],
+    principal: Annotated[Principal, Depends(require(Permission.VEHICLE_WRITE))],
 ) -> VehicleSummary:
     """Mark a vehicle active, inactive or scrapped. Vehicles are never deleted."""
-    vehicle, _ = service.change_status(session, vin, change.status)
+    vehicle, _ = service.change_status(session, principal.actor, vin, change.status, change.reason)
     return VehicleSummary.model_validate(vehicle)
 
 
@@ -116,6 +125,7 @@ async def import_fleet(
     request: Request,
     engine: Annotated[Engine, Depends(get_engine)],
     settings: Annotated[Settings, Depends(get_settings)],
+    principal: Annotated[Principal, Depends(require(Permission.FLEET_IMPORT))],
     strict: bool = False,
     filename: Annotated[str, Query(max_length=500)] = "upload",
 ) -> ImportReportOut:
@@ -134,6 +144,7 @@ async def import_fleet(
             settings=settings,
             source_name=filename,
             strict=strict,
+            actor=principal.actor,
         )
     session = request.app.state.session_factory()
     try:
@@ -145,6 +156,7 @@ async def import_fleet(
 @router.get("/fleet/imports", response_model=ImportPage)
 def list_imports(
     session: Annotated[Session, Depends(get_session)],
+    _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> ImportPage:
@@ -157,6 +169,7 @@ def get_import(
     import_id: int,
     session: Annotated[Session, Depends(get_session)],
     settings: Annotated[Settings, Depends(get_settings)],
+    _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
 ) -> ImportReportOut:
     return service.import_report(session, import_id, settings.import_report_rejections)
 
@@ -165,6 +178,7 @@ def get_import(
 def import_rejections(
     import_id: int,
     session: Annotated[Session, Depends(get_session)],
+    _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     cursor: str | None = None,
 ) -> RejectionPage:
@@ -182,6 +196,7 @@ def import_rejections(
 )
 def export(
     engine: Annotated[Engine, Depends(get_engine)],
+    _: Annotated[Principal, Depends(require(Permission.FLEET_EXPORT))],
     format: Literal["jsonl", "csv"] = "jsonl",
 ) -> StreamingResponse:
     """The whole registry in the manufacturing export format, stamped with the export time."""
@@ -193,6 +208,3 @@ def export(
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
-
-
-__all__ = ["router", "ValidationFailed"]

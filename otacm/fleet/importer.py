@@ -18,6 +18,7 @@ from queue import Full, Queue
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, insert, update
+from sqlalchemy.orm import Session
 
 from otacm.config import Settings, VinCheckDigitPolicy
 from otacm.db import utcnow
@@ -33,6 +34,8 @@ from otacm.fleet._diff import BatchDiff, Counts, RecordConflict, StoredEcu
 from otacm.fleet.models import FleetImport, FleetImportRejection
 from otacm.fleet.parser import ImportFileError, TruncatedFile, csv_column, open_export
 from otacm.fleet.records import Problem, RawRecord, VehicleRecord, validate_record
+from otacm.security import audit
+from otacm.security.audit import SYSTEM, Actor
 
 # One fleet import at a time per PostgreSQL database (SQLite serialises writers by itself).
 IMPORT_LOCK_KEY = 0x07AC_F1EE
@@ -55,6 +58,7 @@ class ImportReport:
     import_id: int
     source_name: str
     strict: bool
+    actor: Actor
     format: str | None = None
     compressed: bool = False
     status: str = "running"
@@ -85,7 +89,7 @@ def run_import(
     settings: Settings,
     source_name: str,
     strict: bool = False,
-    started_by: str | None = None,
+    actor: Actor = SYSTEM,
     on_batch: Callable[[ImportReport], None] | None = None,
 ) -> ImportReport:
     """Import the manufacturing export in `stream`; the report says what happened to each record.
@@ -101,7 +105,7 @@ def run_import(
             was imported, and the import is recorded as failed.
     """
     report = ImportReport(
-        _create_import(engine, source_name, strict, started_by), source_name, strict
+        _create_import(engine, source_name, strict, actor), source_name, strict, actor
     )
     write_conn = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
     read_conn = write_conn if strict else engine.connect()
@@ -487,22 +491,27 @@ def _serial_clash(
     return None
 
 
-def _create_import(engine: Engine, source_name: str, strict: bool, started_by: str | None) -> int:
-    with engine.begin() as conn:
-        return int(
-            conn.execute(
-                insert(FleetImport)
-                .values(
-                    source_name=source_name[:500],
-                    strict=strict,
-                    status="running",
-                    started_at=utcnow(),
-                    counts={},
-                    started_by=started_by,
-                )
-                .returning(FleetImport.id)
-            ).scalar_one()
+def _create_import(engine: Engine, source_name: str, strict: bool, actor: Actor) -> int:
+    with Session(engine) as session, session.begin():
+        row = FleetImport(
+            source_name=source_name[:500],
+            strict=strict,
+            status="running",
+            started_at=utcnow(),
+            counts={},
+            started_by=actor.name,
         )
+        session.add(row)
+        session.flush()
+        audit.record(
+            session,
+            actor,
+            "fleet.import.start",
+            object_type="fleet_import",
+            object_id=row.id,
+            after={"source": source_name[:500], "strict": strict},
+        )
+        return row.id
 
 
 def _store_rejections(conn: Connection, import_id: int, rejections: list[Rejection]) -> None:
@@ -524,8 +533,8 @@ def _store_rejections(conn: Connection, import_id: int, rejections: list[Rejecti
 
 def _finish(engine: Engine, report: ImportReport, status: str, error: str | None = None) -> None:
     report.status, report.error, report.finished_at = status, error, utcnow()
-    with engine.begin() as conn:
-        conn.execute(
+    with Session(engine) as session, session.begin():
+        session.execute(
             update(FleetImport)
             .where(FleetImport.id == report.import_id)
             .values(
@@ -536,4 +545,14 @@ def _finish(engine: Engine, report: ImportReport, status: str, error: str | None
                 format=report.format,
                 compressed=report.compressed,
             )
+        )
+        audit.record(
+            session,
+            report.actor,
+            "fleet.import.finish",
+            object_type="fleet_import",
+            object_id=report.import_id,
+            after={"status": status, **report.summary()},
+            outcome="failed" if status == "failed" else "success",
+            detail=error,
         )

@@ -105,14 +105,9 @@ class Ecu(Base):
 
     __table_args__ = (
         Index("ix_ecus_vehicle_id", "vehicle_id"),
-        # Targeting and search always name the ECU type, then hardware and installed version.
-        Index(
-            "ix_ecus_target",
-            "ecu_type",
-            "hardware_part_number",
-            "hardware_version",
-            "software_version",
-        ),
+        # Targeting and search name the ECU type, then the installed version or the hardware.
+        Index("ix_ecus_type_software", "ecu_type", "software_version"),
+        Index("ix_ecus_type_hardware", "ecu_type", "hardware_part_number", "hardware_version"),
     )
 
 

@@ -16,6 +16,8 @@ from otacm.fleet.schemas import (
     RejectionOut,
     VehicleDetail,
 )
+from otacm.security import audit
+from otacm.security.audit import Actor
 
 
 class VehicleNotFound(NotFound):
@@ -76,13 +78,25 @@ def vehicle_detail(session: Session, vin: str) -> VehicleDetail:
     return detail
 
 
-def change_status(session: Session, vin: str, status: str) -> tuple[Vehicle, str]:
+def change_status(
+    session: Session, actor: Actor, vin: str, status: str, reason: str
+) -> tuple[Vehicle, str]:
     """Mark a vehicle active, inactive or scrapped; returns it and its previous status."""
     vehicle = vehicle_or_404(session, vin)
     previous = vehicle.status
     vehicle.status = status
     vehicle.updated_at = utcnow()
     session.flush()
+    audit.record(
+        session,
+        actor,
+        "vehicle.set_status",
+        object_type="vehicle",
+        object_id=vehicle.vin,
+        before={"status": previous},
+        after={"status": status},
+        detail=reason or None,
+    )
     return vehicle, previous
 
 

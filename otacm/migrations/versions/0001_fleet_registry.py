@@ -118,8 +118,11 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("ecus", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_ecus_target",
-            ["ecu_type", "hardware_part_number", "hardware_version", "software_version"],
+            "ix_ecus_type_software", ["ecu_type", "software_version"], unique=False
+        )
+        batch_op.create_index(
+            "ix_ecus_type_hardware",
+            ["ecu_type", "hardware_part_number", "hardware_version"],
             unique=False,
         )
         batch_op.create_index("ix_ecus_vehicle_id", ["vehicle_id"], unique=False)
@@ -183,7 +186,8 @@ def downgrade() -> None:
     op.drop_table("ecu_history")
     with op.batch_alter_table("ecus", schema=None) as batch_op:
         batch_op.drop_index("ix_ecus_vehicle_id")
-        batch_op.drop_index("ix_ecus_target")
+        batch_op.drop_index("ix_ecus_type_hardware")
+        batch_op.drop_index("ix_ecus_type_software")
 
     op.drop_table("ecus")
     with op.batch_alter_table("vehicles", schema=None) as batch_op:

@@ -1,0 +1,1 @@
+"""Operators: accounts, roles and permissions, API tokens, console sessions, the audit log."""

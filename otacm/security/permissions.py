@@ -1,0 +1,51 @@
+"""Who may do what: one table from role to permissions, the only place that decides.
+
+Every route declares the permission it needs (`otacm.security.auth.require`); `docs/roles.md`
+documents this table and a test walks every route against it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    FLEET_ADMIN = "fleet_admin"
+    ENGINEER = "engineer"
+    CAMPAIGN_MANAGER = "campaign_manager"
+    VIEWER = "viewer"
+
+
+class Permission(StrEnum):
+    FLEET_READ = "fleet.read"
+    FLEET_IMPORT = "fleet.import"
+    FLEET_EXPORT = "fleet.export"
+    VEHICLE_WRITE = "vehicle.write"
+    AUDIT_READ = "audit.read"
+    USERS_MANAGE = "users.manage"
+    TOKENS_OWN = "tokens.own"
+    TOKENS_MANAGE = "tokens.manage"
+
+
+_READ = {
+    Permission.FLEET_READ,
+    Permission.FLEET_EXPORT,
+    Permission.AUDIT_READ,
+    Permission.TOKENS_OWN,
+}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.FLEET_ADMIN: frozenset(_READ | {Permission.FLEET_IMPORT, Permission.VEHICLE_WRITE}),
+    Role.ENGINEER: frozenset(_READ),
+    Role.CAMPAIGN_MANAGER: frozenset(_READ),
+    Role.VIEWER: frozenset(_READ),
+}
+
+
+def allows(role: str, permission: Permission) -> bool:
+    try:
+        return permission in ROLE_PERMISSIONS[Role(role)]
+    except ValueError:
+        return False
