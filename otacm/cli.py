@@ -79,6 +79,17 @@ def serve(
         upgrade(engine)
     elif current_revision(engine) != head_revision(engine):
         console.print("[yellow]the database schema is not current: run `otacm db upgrade`")
+    if current_revision(engine) == head_revision(engine):
+        from otacm.db import make_session_factory, unit_of_work
+        from otacm.security.service import any_users
+
+        with unit_of_work(make_session_factory(engine)) as session:
+            if not any_users(session):
+                console.print(
+                    "[yellow]no operator account exists yet: operator requests are refused "
+                    "until you run `otacm users create NAME --role admin` and "
+                    "`otacm tokens create --user NAME`"
+                )
     engine.dispose()
     if database_url:
         os.environ["OTACM_DATABASE_URL"] = database_url

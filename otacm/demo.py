@@ -7,6 +7,7 @@ starts the server on localhost and shows the fleet through the API.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import tempfile
 import threading
@@ -22,10 +23,14 @@ from rich.table import Table
 
 from otacm.app import create_app
 from otacm.config import Settings
-from otacm.db import engine_from_settings, upgrade
+from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade
 from otacm.fleet.cli import print_report
 from otacm.fleet.generator import write_export
 from otacm.fleet.importer import run_import
+from otacm.security import service
+from otacm.security.audit import SYSTEM
+
+DEMO_ADMIN = "demo-admin"
 
 console = Console()
 
@@ -52,8 +57,9 @@ class _BackgroundServer(uvicorn.Server):
         return thread
 
 
-def _show_fleet(base: str) -> None:
-    with httpx.Client(base_url=base, timeout=30) as client:
+def _show_fleet(base: str, token: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
         first = client.get("/api/v1/vehicles", params={"limit": 5}).json()
         table = Table(
             "VIN", "model", "year", "fuel", "region", title="GET /api/v1/vehicles?limit=5"
@@ -97,7 +103,11 @@ def demo(
     port: Annotated[int, typer.Option(help="Preferred port (a free one is used if taken).")] = 8080,
     keep_serving: Annotated[bool, typer.Option(help="Leave the server up afterwards.")] = False,
 ) -> None:
-    """Run the main job on an embedded database: fleet import and the API, end to end."""
+    """Run the main job on an embedded database: fleet import, the API and the console.
+
+    The demo database is made afresh each run, with a demo admin whose password and API token
+    are printed: it is for trying otacm out, not for real vehicles.
+    """
     started = time.monotonic()
     data_dir.mkdir(parents=True, exist_ok=True)
     database = data_dir / "otacm.db"
@@ -106,6 +116,10 @@ def demo(
     settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{database.as_posix()}")
     engine = engine_from_settings(settings)
     upgrade(engine)
+    password = secrets.token_urlsafe(12)
+    with unit_of_work(make_session_factory(engine)) as session:
+        service.create_user(session, SYSTEM, DEMO_ADMIN, "admin", password)
+        token = service.create_token(session, SYSTEM, DEMO_ADMIN, "demo", None).secret
     console.rule("1. the manufacturing export")
     export = Path(tempfile.mkdtemp(prefix="otacm-demo-")) / "fleet.jsonl"
     with export.open("w", encoding="utf-8") as out:
@@ -136,10 +150,12 @@ def demo(
         )
     )
     thread = server.start()
-    _show_fleet(base)
-    console.print(
-        f"API: {base}/api/v1/vehicles   docs: {base}/api/v1/docs   metrics: {base}/metrics"
-    )
+    _show_fleet(base, token)
+    console.rule("4. watch it yourself")
+    console.print(f"console: {base}/   user [bold]{DEMO_ADMIN}[/]   password [bold]{password}[/]")
+    console.print(f"API token: {token}")
+    console.print(f"try: curl -H 'Authorization: Bearer {token}' '{base}/api/v1/vehicles?limit=3'")
+    console.print(f"API docs: {base}/api/v1/docs   metrics: {base}/metrics")
     console.print(f"demo finished in {time.monotonic() - started:.1f} s")
     if keep_serving:
         console.print("serving until Ctrl-C")
