@@ -115,9 +115,7 @@ def anonymous_client(settings: Settings, engine: Engine) -> Iterator[TestClient]
 
 
 @pytest.fixture
-def client(
-    anonymous_client: TestClient, make_operator: Callable[..., str]
-) -> Iterator[TestClient]:
+def client(anonymous_client: TestClient, make_operator: Callable[..., str]) -> Iterator[TestClient]:
     """A client acting as an admin through an API token."""
     anonymous_client.headers["Authorization"] = f"Bearer {make_operator('admin', 'test-admin')}"
     yield anonymous_client
