@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import statistics
 import time
 import uuid
@@ -99,11 +98,6 @@ def median_seconds(action: Callable[[], object], repeat: int) -> float:
         action()
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
-
-
-def peak_rss_mb() -> float:
-    # Linux reports kilobytes.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def fleet_file(work_dir: Path, vehicles: int, seed: int, fmt: str) -> Path:

@@ -7,6 +7,7 @@ unindexed table: the fastest any importer could possibly write them.
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +26,14 @@ from otacm.bench.common import (
     timed,
 )
 from otacm.config import Settings
-from otacm.db import make_engine, upgrade
+from otacm.db import make_engine, make_session_factory, unit_of_work, upgrade
 from otacm.fleet.models import Ecu, Vehicle
 from otacm.fleet.parser import CSV_HEADER
+from otacm.security import service
+from otacm.security.audit import SYSTEM
+from otacm.security.models import User
+
+BENCH_OPERATOR = "bench-viewer"
 
 
 def raw_copy(engine: Engine, csv_path: Path) -> tuple[float, int]:
@@ -93,7 +99,14 @@ def search_latency(engine: Engine, settings: Settings, report: Report, label: st
             "software_version": "0.0.1",
         },
     }
+    with unit_of_work(make_session_factory(engine)) as session:
+        if not session.scalar(select(User.id).where(User.name == BENCH_OPERATOR)):
+            service.create_user(
+                session, SYSTEM, BENCH_OPERATOR, "viewer", secrets.token_urlsafe(16)
+            )
+        token = service.create_token(session, SYSTEM, BENCH_OPERATOR, "bench", None).secret
     with TestClient(create_app(settings, engine)) as client:
+        client.headers["Authorization"] = f"Bearer {token}"
         for name, params in queries.items():
 
             def page(p: dict[str, object] = params) -> None:
