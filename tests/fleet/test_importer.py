@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zlib
 from typing import Any
 
@@ -309,3 +310,47 @@ def test_export_import_export_round_trip(
     assert report.status == "completed" and report.counts.vehicles_created == 30
     assert "".join(export_fleet(other, fmt, stamp)) == first
     other.dispose()
+
+
+BAD_EXPORTS = {
+    "malformed JSON": b'{"vin": "WXA' + b"\n",
+    "JSON array instead of object": b"[1, 2, 3]\n{}\n",
+    "CSV with a broken quote": csv_bytes([vehicle(1)]).replace(b"Aurora", b'Aur"ora', 1),
+    "UTF-16 file": csv_bytes([vehicle(1)]).decode().encode("utf-16"),
+    "Latin-1 bytes in a record": (
+        json.dumps(vehicle(1, model="Crète"), ensure_ascii=False) + "\n"
+    ).encode("latin-1"),
+    "huge field": jsonl([vehicle(1, model="X" * 2_000_000)]),
+    "cut off mid-record": jsonl([vehicle(1)])[:-40],
+    "unknown enum": jsonl([vehicle(1, fuel_type="steam")]),
+    "missing required field": jsonl([{k: v for k, v in vehicle(1).items() if k != "model"}]),
+    "duplicate ECU serial in a vehicle": jsonl([vehicle(1, ecus=[ecu("S-1"), ecu("S-1")])]),
+    "timestamp without offset": jsonl([vehicle(1, exported_at="2025-03-02T00:00:00")]),
+    "malformed VIN": jsonl([vehicle(1, vin="WXA-NOT-A-VIN")]),
+    "North American VIN with a wrong check digit": jsonl(
+        [
+            vehicle(
+                1,
+                vin=vin(1, "1XA")[:8]
+                + ("0" if vin(1, "1XA")[8] != "0" else "1")
+                + vin(1, "1XA")[9:],
+            )
+        ]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_EXPORTS))
+def test_bad_exports_change_nothing(engine: Engine, settings: Settings, name: str) -> None:
+    """Each defect is reported (file refused, or the record rejected) and nothing changes."""
+    run(engine, settings, jsonl([vehicle(500)]))
+    before = snapshot(engine)
+    try:
+        report = run(engine, settings, BAD_EXPORTS[name])
+    except ImportFileError as exc:
+        assert exc.detail
+    else:
+        assert report.exit_code == 2 and report.records_rejected >= 1
+        assert report.rejections and all(r.reason for r in report.rejections)
+        assert report.counts.vehicles_created == 0
+    assert snapshot(engine) == before
