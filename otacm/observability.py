@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
@@ -28,11 +29,23 @@ IMPORTED_RECORDS = Counter(
 router = APIRouter(tags=["operations"])
 
 
+def request_id(request: Request) -> str:
+    """The request's id: the caller's `X-Request-ID` if it sent one, else a new one."""
+    rid: str | None = getattr(request.state, "request_id", None)
+    if rid is None:
+        given = request.headers.get("X-Request-ID", "")[:64]
+        rid = given if given.isprintable() and given else uuid.uuid4().hex
+        request.state.request_id = rid
+    return rid
+
+
 async def record_request(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
     started = time.perf_counter()
+    rid = request_id(request)
     response = await call_next(request)
+    response.headers["X-Request-ID"] = rid
     route = request.scope.get("route")
     # The route template, not the path: one series per endpoint, not per VIN.
     name = getattr(route, "path", "unmatched")

@@ -7,7 +7,6 @@ answer 401 (who are you?) or 403 (not allowed); a refused permission is audited.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from otacm.db import unit_of_work, utcnow
 from otacm.errors import OtacmError
+from otacm.observability import request_id
 from otacm.security import audit
 from otacm.security.audit import Actor
 from otacm.security.models import ApiToken, ConsoleSession, User
@@ -54,14 +54,6 @@ class Principal:
     token_id: int | None
     actor: Actor
     csrf_token: str | None = None  # set for console sessions
-
-
-def request_id(request: Request) -> str:
-    rid: str | None = getattr(request.state, "request_id", None)
-    if rid is None:
-        rid = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
-        request.state.request_id = rid
-    return rid
 
 
 def client_address(request: Request) -> str:
@@ -136,16 +128,16 @@ def authenticate(request: Request, session: Session) -> Principal:
     raise NotAuthenticated("authentication required: `Authorization: Bearer <api token>`")
 
 
-def refuse(request: Request, principal: Principal, permission: str) -> Forbidden:
-    """Audit a refused attempt (in its own transaction: the request's will roll back)."""
+def audit_refusal(request: Request, actor: Actor, detail: str) -> None:
+    """Record a refused attempt, in a transaction of its own: the request's rolls back."""
     with unit_of_work(request.app.state.session_factory) as session:
         audit.record(
-            session,
-            principal.actor,
-            f"{request.method} {request.url.path}",
-            outcome="refused",
-            detail=f"role {principal.role} lacks {permission}",
+            session, actor, f"{request.method} {request.url.path}", outcome="refused", detail=detail
         )
+
+
+def refuse(request: Request, principal: Principal, permission: str) -> Forbidden:
+    audit_refusal(request, principal.actor, f"role {principal.role} lacks {permission}")
     return Forbidden(
         f"role {principal.role!r} may not do this (needs {permission})", permission=permission
     )
@@ -157,14 +149,25 @@ def require(permission: Permission) -> Callable[..., Principal]:
     def dependency(request: Request) -> Principal:
         # Authentication is a unit of work of its own, done before the request's own
         # transaction starts: bookkeeping such as a token's last use never mixes with it.
-        with unit_of_work(request.app.state.session_factory) as session:
-            principal = authenticate(request, session)
+        try:
+            with unit_of_work(request.app.state.session_factory) as session:
+                principal = authenticate(request, session)
+        except NotAuthenticated as exc:
+            # Attempts to change something without valid credentials are worth a record;
+            # reads are not (they would let anyone fill the log).
+            if request.method not in SAFE_METHODS:
+                anonymous = Actor(
+                    "(unauthenticated)", None, client_address(request), request_id(request)
+                )
+                audit_refusal(request, anonymous, exc.detail)
+            raise
         # A cookie-authenticated change must prove it comes from our own page.
         if (
             principal.csrf_token is not None
             and request.method not in SAFE_METHODS
             and request.headers.get(CSRF_HEADER) != principal.csrf_token
         ):
+            audit_refusal(request, principal.actor, "no CSRF token")
             raise Forbidden("the request lacks the console's CSRF token", field=CSRF_HEADER)
         if not allows(principal.role, permission):
             raise refuse(request, principal, permission)
