@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from otacm.deps import get_session
 from otacm.errors import OtacmError
 from otacm.fleet.models import FleetImport, Vehicle
+from otacm.observability import request_id
 from otacm.security import service
 from otacm.security.auth import (
     SESSION_COOKIE,
@@ -82,7 +83,7 @@ def login(
         )
     try:
         user, secret, _csrf = service.login(
-            session, name.strip(), password, client_address(request)
+            session, name.strip(), password, client_address(request), request_id(request)
         )
     except OtacmError as exc:
         # The failure is recorded (it throttles the next guess): keep it, show the form again.

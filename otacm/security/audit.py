@@ -83,7 +83,8 @@ def record(
     bind = session.get_bind()
     if is_postgresql(bind.dialect):
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
-    previous = session.scalar(select(AuditEntry.entry_hash).order_by(AuditEntry.id.desc()).limit(1))
+    # Insert first, then read the entry before: on SQLite the insert takes the write lock, so
+    # no other append can come between the read and the commit (PostgreSQL has the lock above).
     entry = AuditEntry(
         at=utcnow(),
         actor=actor.name,
@@ -97,11 +98,18 @@ def record(
         before=scrub(before),
         after=scrub(after),
         detail=detail,
-        previous_hash=previous or GENESIS,
+        previous_hash=GENESIS,
         entry_hash="",
     )
     session.add(entry)
     session.flush()
+    previous = session.scalar(
+        select(AuditEntry.entry_hash)
+        .where(AuditEntry.id < entry.id)
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    )
+    entry.previous_hash = previous or GENESIS
     entry.entry_hash = _entry_hash(entry)
     session.flush()
     return entry
@@ -113,11 +121,19 @@ class ChainBreak:
     reason: str
 
 
-def verify(session: Session, batch: int = 5000) -> tuple[int, ChainBreak | None]:
-    """Recompute the chain; (entries checked, the first break or None)."""
+def verify(
+    session: Session, anchor: tuple[int, str] | None = None, batch: int = 5000
+) -> tuple[int, ChainBreak | None]:
+    """Recompute the chain: (entries verified, the first break or None).
+
+    The chain alone cannot tell that its newest entries were cut off; an `anchor` (an entry id
+    and its hash, noted from an earlier verification with `head` and kept outside the
+    database) can: that entry must still be there, unchanged.
+    """
     previous = GENESIS
     checked = 0
     last_id = 0
+    anchor_seen = anchor is None
     while True:
         entries = list(
             session.scalars(
@@ -128,7 +144,7 @@ def verify(session: Session, batch: int = 5000) -> tuple[int, ChainBreak | None]
             )
         )
         if not entries:
-            return checked, None
+            break
         for entry in entries:
             if entry.previous_hash != previous:
                 return checked, ChainBreak(
@@ -138,7 +154,25 @@ def verify(session: Session, batch: int = 5000) -> tuple[int, ChainBreak | None]
                 )
             if _entry_hash(entry) != entry.entry_hash:
                 return checked, ChainBreak(entry.id, "its content was changed after it was written")
+            if anchor is not None and entry.id == anchor[0]:
+                if entry.entry_hash != anchor[1]:
+                    return checked, ChainBreak(
+                        entry.id, "differs from the anchor: the log was rewritten"
+                    )
+                anchor_seen = True
             previous = entry.entry_hash
             checked += 1
         last_id = entries[-1].id
         session.expunge_all()
+    if not anchor_seen:
+        assert anchor is not None
+        return checked, ChainBreak(anchor[0], "the anchor entry is gone: the log was cut short")
+    return checked, None
+
+
+def head(session: Session) -> tuple[int, str] | None:
+    """The newest entry's id and hash: an anchor to keep outside the database."""
+    row = session.execute(
+        select(AuditEntry.id, AuditEntry.entry_hash).order_by(AuditEntry.id.desc()).limit(1)
+    ).first()
+    return (row[0], row[1]) if row else None

@@ -174,10 +174,25 @@ def revoke(token_id: int, database_url: DatabaseOption = None) -> None:
 
 
 @audit_app.command("verify")
-def verify(database_url: DatabaseOption = None) -> None:
+def verify(
+    anchor: Annotated[
+        str | None,
+        typer.Option(help="ID:HASH printed by an earlier verification: proves nothing was cut."),
+    ] = None,
+    database_url: DatabaseOption = None,
+) -> None:
     """Recompute the audit log's hash chain; exit 1 naming the first broken entry."""
+    expected: tuple[int, str] | None = None
+    if anchor:
+        entry_id, _, digest = anchor.partition(":")
+        if not entry_id.isdigit() or len(digest) != 64:
+            raise typer.BadParameter(
+                "use ID:HASH as printed by `otacm audit verify`", param_hint="--anchor"
+            )
+        expected = (int(entry_id), digest)
     with unit_of_work(_factory(database_url)) as session:
-        checked, broken = audit.verify(session)
+        checked, broken = audit.verify(session, expected)
+        newest = audit.head(session)
     if broken is not None:
         console.print(
             f"[red]audit log broken at entry {broken.entry_id}: {broken.reason} "
@@ -185,3 +200,6 @@ def verify(database_url: DatabaseOption = None) -> None:
         )
         raise typer.Exit(1)
     console.print(f"audit log intact: {checked} entries verified")
+    if newest is not None:
+        console.print("anchor for the next verification (keep it outside this database):")
+        typer.echo(f"{newest[0]}:{newest[1]}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from otacm.deps import get_session
 from otacm.fleet.repository import decode_cursor, encode_cursor
 from otacm.security import service
-from otacm.security.auth import Forbidden, Principal, require
+from otacm.security.auth import Principal, audit_refusal, refuse, require
 from otacm.security.models import ApiToken, AuditEntry, User
 from otacm.security.permissions import ROLE_PERMISSIONS, Permission, Role, allows
 from otacm.security.schemas import (
@@ -135,31 +135,36 @@ def unlock_user(
     return _user_out(service.unlock(session, principal.actor, name))
 
 
+def _check_may_manage(request: Request, principal: Principal, owner: str | None) -> None:
+    """Acting on someone else's tokens needs tokens.manage; a refusal is audited."""
+    if owner != principal.name and not allows(principal.role, Permission.TOKENS_MANAGE):
+        raise refuse(request, principal, Permission.TOKENS_MANAGE)
+
+
 @router.get("/tokens", response_model=list[TokenOut])
 def list_tokens(
+    request: Request,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require(Permission.TOKENS_OWN))],
     user: str | None = None,
+    all_users: bool = False,
 ) -> list[TokenOut]:
-    """Your own tokens; admins may name another user or, with `user=*`, see all."""
-    if user is None:
-        user = principal.name
-    elif user != principal.name and not allows(principal.role, Permission.TOKENS_MANAGE):
-        raise Forbidden("only admins may list other users' tokens", field="user")
-    rows = service.list_tokens(session, None if user == "*" else user)
-    return [_token_out(t, owner) for t, owner in rows]
+    """Your own tokens; admins may name another `user` or ask for `all_users`."""
+    owner = None if all_users else (user or principal.name)
+    _check_may_manage(request, principal, owner)
+    return [_token_out(t, name) for t, name in service.list_tokens(session, owner)]
 
 
 @router.post("/tokens", response_model=NewTokenOut, status_code=201)
 def create_token(
+    request: Request,
     body: TokenCreate,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require(Permission.TOKENS_OWN))],
 ) -> NewTokenOut:
     """A new API token for yourself (admins: for anyone). The secret is in this answer only."""
     owner = body.user or principal.name
-    if owner != principal.name and not allows(principal.role, Permission.TOKENS_MANAGE):
-        raise Forbidden("only admins may create tokens for other users", field="user")
+    _check_may_manage(request, principal, owner)
     expires = service.parse_duration(body.expires_in) if body.expires_in else None
     new = service.create_token(session, principal.actor, owner, body.name, expires)
     return NewTokenOut(**_token_out(new.token, owner).model_dump(), token=new.secret)
@@ -167,13 +172,16 @@ def create_token(
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
 def revoke_token(
+    request: Request,
     token_id: int,
     session: SessionDep,
     principal: Annotated[Principal, Depends(require(Permission.TOKENS_OWN))],
 ) -> TokenOut:
     token, owner = service.get_token(session, token_id)
     if owner != principal.name and not allows(principal.role, Permission.TOKENS_MANAGE):
-        # Someone else's token: as far as this caller knows, it does not exist.
+        # Someone else's token: recorded as refused, and as far as the caller can tell it
+        # does not exist.
+        audit_refusal(request, principal.actor, f"token {token_id} belongs to another user")
         raise service.TokenNotFound(f"no token with id {token_id}", field="id")
     token = service.revoke_token(session, principal.actor, token_id)
     return _token_out(token, owner)
@@ -205,7 +213,7 @@ def audit_log(
     action: str | None = None,
     object_type: str | None = None,
     object_id: str | None = None,
-    outcome: Literal["success", "refused"] | None = None,
+    outcome: Literal["success", "refused", "failed"] | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -223,10 +231,11 @@ def audit_log(
     ):
         if value is not None:
             query = query.where(column == value)
+    # A time without an offset is read as UTC.
     if since is not None:
-        query = query.where(AuditEntry.at >= since)
+        query = query.where(AuditEntry.at >= _as_utc(since))
     if until is not None:
-        query = query.where(AuditEntry.at < until)
+        query = query.where(AuditEntry.at < _as_utc(until))
     if format == "csv":
         factory = request.app.state.session_factory
         return StreamingResponse(
@@ -241,6 +250,18 @@ def audit_log(
     return AuditPage(
         items=[AuditEntryOut.model_validate(r) for r in rows[:limit]], next_cursor=next_cursor
     )
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _csv_cell(value: object) -> object:
+    """Cells a spreadsheet would run as a formula are quoted with a leading apostrophe: actor
+    names and request ids come from outside."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def _audit_csv(factory: sessionmaker[Session], query: Select[Any]) -> Iterator[str]:
@@ -264,7 +285,7 @@ def _audit_rows(session: Session, query: Select[Any]) -> Iterator[str]:
         if not rows:
             break
         for row in rows:
-            writer.writerow([getattr(row, c) for c in AUDIT_CSV_COLUMNS])
+            writer.writerow([_csv_cell(getattr(row, c)) for c in AUDIT_CSV_COLUMNS])
         last_id = rows[-1].id
         yield out.getvalue()
         out.seek(0)

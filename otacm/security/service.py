@@ -7,7 +7,9 @@ logged, audited or answered except the new token, once, to whoever created it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +27,10 @@ from otacm.security.models import ApiToken, ConsoleSession, LoginFailure, User
 from otacm.security.permissions import Role
 
 TOKEN_PREFIX = "otacm_"
+# Names appear in URLs, audit entries and CSV exports: keep them plain.
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+# Longest lifetime a token may be given.
+MAX_TOKEN_LIFETIME = timedelta(days=3650)
 MIN_PASSWORD_LENGTH = 12
 # Failed logins before an account locks, and for how long.
 ACCOUNT_LOCK_AFTER = 5
@@ -88,8 +94,11 @@ def any_users(session: Session) -> bool:
 
 def create_user(session: Session, actor: Actor, name: str, role: str, password: str) -> User:
     name = name.strip()
-    if not name or len(name) > 100 or not name.isprintable():
-        raise ValidationFailed("a user name is 1-100 printable characters", field="name")
+    if not USER_NAME.fullmatch(name):
+        raise ValidationFailed(
+            "a user name is 1-100 letters, digits and . _ @ - (starting with a letter or digit)",
+            field="name",
+        )
     try:
         Role(role)
     except ValueError:
@@ -135,6 +144,14 @@ def update_user(
             ) from None
     if disabled is not None:
         user.disabled_at = (user.disabled_at or utcnow()) if disabled else None
+        if disabled:
+            # A disabled operator's console sessions end; enabling does not revive them.
+            for console_session in session.scalars(
+                select(ConsoleSession).where(
+                    ConsoleSession.user_id == user.id, ConsoleSession.ended_at.is_(None)
+                )
+            ):
+                console_session.ended_at = utcnow()
     user.updated_at = utcnow()
     session.flush()
     audit.record(
@@ -185,8 +202,8 @@ def token_summary(token: ApiToken, user_name: str) -> dict[str, object]:
         "id": token.id,
         "user": user_name,
         "name": token.name,
-        "prefix": token.prefix,
         "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+        "revoked_at": token.revoked_at.isoformat() if token.revoked_at else None,
     }
 
 
@@ -203,7 +220,7 @@ def create_token(
         token_hash=digest(secret),
         prefix=secret[: len(TOKEN_PREFIX) + 4],
         created_at=now,
-        expires_at=now + expires_in if expires_in else None,
+        expires_at=now + expires_in if expires_in is not None else None,
     )
     session.add(token)
     session.flush()
@@ -238,29 +255,52 @@ def get_token(session: Session, token_id: int) -> tuple[ApiToken, str]:
 
 def revoke_token(session: Session, actor: Actor, token_id: int) -> ApiToken:
     token, owner = get_token(session, token_id)
-    if token.revoked_at is None:
-        token.revoked_at = utcnow()
-        session.flush()
+    if token.revoked_at is not None:
+        return token  # revoked already: nothing changes, nothing to record
+    before = token_summary(token, owner)
+    token.revoked_at = utcnow()
+    session.flush()
     audit.record(
         session,
         actor,
         "token.revoke",
         object_type="token",
         object_id=token.id,
+        before=before,
         after=token_summary(token, owner),
     )
     return token
 
 
 def parse_duration(text: str) -> timedelta:
-    """'30d', '12h', '90m' or '3600s' as a time span."""
-    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    """'30d', '12h', '90m' or '3600s' as a time span: more than nothing, at most ten years."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     text = text.strip().lower()
-    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+    digits = text[:-1]
+    if not (1 <= len(digits) <= 9 and digits.isascii() and digits.isdigit()) or (
+        text[-1:] not in units
+    ):
         raise ValidationFailed(
-            f"{text!r} is not a duration like 30d, 12h or 90m", field="expires_in"
+            f"{text[:20]!r} is not a duration like 30d, 12h or 90m", field="expires_in"
         )
-    return timedelta(**{units[text[-1]]: int(text[:-1])})
+    span = timedelta(seconds=int(digits) * units[text[-1]])
+    if not timedelta(0) < span <= MAX_TOKEN_LIFETIME:
+        raise ValidationFailed(
+            f"a token lives more than 0 seconds and at most {MAX_TOKEN_LIFETIME.days} days",
+            field="expires_in",
+        )
+    return span
+
+
+_dummy_hash: list[str] = []
+
+
+def _spend_a_password_check(password: str) -> None:
+    """As long as checking a real password, so that timing does not tell user names apart."""
+    if not _dummy_hash:
+        _dummy_hash.append(_hasher.hash(secrets.token_hex(16)))
+    with contextlib.suppress(VerificationError, InvalidHashError):
+        _hasher.verify(_dummy_hash[0], password)
 
 
 def _verify_password(user: User, password: str) -> bool:
@@ -272,7 +312,9 @@ def _verify_password(user: User, password: str) -> bool:
         return False
 
 
-def login(session: Session, name: str, password: str, address: str) -> tuple[User, str, str]:
+def login(
+    session: Session, name: str, password: str, address: str, request_id: str | None = None
+) -> tuple[User, str, str]:
     """Check a console login; returns the user, the session secret and its CSRF token.
 
     Raises LoginRefused (wrong name or password, locked, disabled) or TooManyAttempts (this
@@ -285,7 +327,7 @@ def login(session: Session, name: str, password: str, address: str) -> tuple[Use
         .select_from(LoginFailure)
         .where(LoginFailure.address == address, LoginFailure.at > now - ADDRESS_WINDOW)
     )
-    actor = Actor(name or "(anonymous)", None, address)
+    actor = Actor(name or "(anonymous)", None, address, request_id)
     if (recent or 0) >= ADDRESS_LIMIT:
         audit.record(
             session,
@@ -298,8 +340,12 @@ def login(session: Session, name: str, password: str, address: str) -> tuple[Use
         )
         raise TooManyAttempts("too many failed logins from this address; try again later")
     user = session.scalar(select(User).where(User.name == name))
+    if user is not None and user.locked_until is not None and user.locked_until <= now:
+        # The lockout has run out: mistakes count afresh from here.
+        user.failed_logins, user.locked_until = 0, None
     reason = None
     if user is None:
+        _spend_a_password_check(password)
         reason = "unknown user"
     elif user.locked_until is not None and user.locked_until > now:
         reason = "account locked after repeated failures"
@@ -342,7 +388,7 @@ def login(session: Session, name: str, password: str, address: str) -> tuple[Use
     )
     audit.record(
         session,
-        Actor(user.name, user.role, address),
+        Actor(user.name, user.role, address, request_id),
         "login",
         object_type="user",
         object_id=user.name,
