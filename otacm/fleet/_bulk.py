@@ -81,21 +81,8 @@ VEHICLE_UPDATE_COLUMNS = VEHICLE_COLUMNS[2:11] + (
     "import_id",
     "updated_at",
 )
-ECU_UPDATE_COLUMNS = (
-    "vehicle_id",
-    "ecu_type",
-    "hardware_part_number",
-    "hardware_version",
-    "protocol",
-    "software_part_number",
-    "software_version",
-    "calibration_id",
-    "software_source",
-    "software_observed_at",
-    "import_id",
-    "removed_at",
-    "updated_at",
-)
+# Everything but the serial, which identifies the ECU for good.
+ECU_UPDATE_COLUMNS = tuple(c for c in ECU_COLUMNS if c != "serial")
 
 
 # PostgreSQL types of the columns the bulk paths write (text unless named here).
