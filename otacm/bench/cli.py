@@ -58,3 +58,20 @@ def bench_import(
         ),
         record,
     )
+
+
+@app.command("search")
+def bench_search(
+    database_url: Annotated[
+        str,
+        typer.Option(
+            help="A registry already filled (e.g. by a fleet import of a generated export)."
+        ),
+    ],
+    record: RecordOption = None,
+) -> None:
+    """Vehicle search latency (GET /api/v1/vehicles) on an existing registry."""
+    from otacm.bench import fleet_import
+
+    command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    _finish(fleet_import.run_search(database_url=database_url, command=command), record)

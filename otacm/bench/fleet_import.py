@@ -199,3 +199,16 @@ def run(
     )
     console.print("done")
     return report
+
+
+def run_search(*, database_url: str, command: str) -> Report:
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        vehicles = conn.execute(select(func.count()).select_from(Vehicle)).scalar_one()
+        ecus = conn.execute(select(func.count()).select_from(Ecu)).scalar_one()
+    report = Report(f"Vehicle search, {vehicles:,} vehicles", command)
+    report.facts["registry"] = f"{vehicles:,} vehicles, {ecus:,} ECUs ({engine.dialect.name})"
+    label = "PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite"
+    search_latency(engine, Settings(database_url=database_url), report, label)
+    engine.dispose()
+    return report

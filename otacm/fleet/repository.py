@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, select
 from sqlalchemy.orm import Session
 
+from otacm.db import is_postgresql
 from otacm.errors import ValidationFailed
 from otacm.fleet.models import Ecu, EcuHistory, FleetImport, FleetImportRejection, Vehicle
 
@@ -50,7 +51,11 @@ def decode_cursor(cursor: str) -> int:
         ) from None
 
 
-def _filtered(f: VehicleFilter) -> Select[Any]:
+# An ECU condition matched by fewer fitted ECUs than this is searched from the ECU side.
+SPARSE_ECU_MATCHES = 5000
+
+
+def _filtered(f: VehicleFilter, session: Session) -> Select[Any]:
     query = select(Vehicle)
     conditions: list[ColumnElement[bool]] = []
     if f.models:
@@ -87,16 +92,31 @@ def _filtered(f: VehicleFilter) -> Select[Any]:
     if f.software_version:
         ecu_conditions.append(Ecu.software_version == f.software_version)
     if ecu_conditions:
-        conditions.append(
-            exists().where(Ecu.vehicle_id == Vehicle.id, Ecu.removed_at.is_(None), *ecu_conditions)
-        )
+        ecu_conditions.append(Ecu.removed_at.is_(None))
+        conditions.append(_ecu_condition(session, ecu_conditions))
     return query.where(*conditions)
+
+
+def _ecu_condition(session: Session, ecu_conditions: list[ColumnElement[bool]]) -> Any:
+    """Vehicles with a fitted ECU meeting every condition.
+
+    PostgreSQL's planner picks the better side from its statistics. SQLite's does not: it
+    walks the vehicles and probes each one's ECUs, which is quick when many match and scans the
+    whole fleet when none does. A bounded count tells the two apart; sparse matches are
+    collected from the ECU index instead.
+    """
+    if not is_postgresql(session.get_bind().dialect):
+        sample = select(Ecu.vehicle_id).where(*ecu_conditions).limit(SPARSE_ECU_MATCHES)
+        matches = session.scalar(select(func.count()).select_from(sample.subquery()))
+        if (matches or 0) < SPARSE_ECU_MATCHES:
+            return Vehicle.id.in_(select(Ecu.vehicle_id).where(*ecu_conditions))
+    return exists().where(Ecu.vehicle_id == Vehicle.id, *ecu_conditions)
 
 
 def search_vehicles(
     session: Session, f: VehicleFilter, *, limit: int, cursor: str | None
 ) -> tuple[list[Vehicle], str | None]:
-    query = _filtered(f)
+    query = _filtered(f, session)
     if cursor:
         query = query.where(Vehicle.id > decode_cursor(cursor))
     rows = list(session.scalars(query.order_by(Vehicle.id).limit(limit + 1)))

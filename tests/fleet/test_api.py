@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from fastapi.testclient import TestClient
 
+from otacm.fleet import repository
 from tests.builders import csv_bytes, ecu, gz, jsonl, vehicle, vin
 
 
@@ -85,7 +87,12 @@ def test_unreadable_upload_answers_422_with_the_reason(client: TestClient) -> No
     assert empty.status_code == 422 and "empty" in empty.json()["detail"]
 
 
-def test_vehicle_search_filters(client: TestClient) -> None:
+@pytest.mark.parametrize("sparse_below", [1, 10**9], ids=["ecu-probe", "ecu-index"])
+def test_vehicle_search_filters(
+    client: TestClient, sparse_below: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both ways of searching by ECU (probing each vehicle, or collecting from the ECU index).
+    monkeypatch.setattr(repository, "SPARSE_ECU_MATCHES", sparse_below)
     upload(client, jsonl(fleet()))
 
     def vins(**params: object) -> set[str]:
