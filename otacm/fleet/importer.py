@@ -114,6 +114,17 @@ def run_import(
     try:
         if writer.bulk.postgresql:
             write_conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (IMPORT_LOCK_KEY,))
+            # Holding the lock, no other import runs: one still marked running was cut off.
+            write_conn.execute(
+                update(FleetImport)
+                .where(FleetImport.status == "running", FleetImport.id != report.import_id)
+                .values(
+                    status="interrupted",
+                    finished_at=utcnow(),
+                    error="the import stopped before it finished; the batches it committed "
+                    "are kept whole",
+                )
+            )
             write_conn.commit()
         planner.bulk.create_seen_tables()
         read_conn.commit()

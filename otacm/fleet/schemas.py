@@ -112,7 +112,8 @@ class ImportReportOut(BaseModel):
     compressed: bool
     strict: bool
     status: str = Field(
-        description="running | completed | completed_with_rejections | rejected | failed"
+        description="running | completed | completed_with_rejections | rejected | failed "
+        "| interrupted"
     )
     started_at: datetime
     finished_at: datetime | None

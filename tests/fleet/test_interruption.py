@@ -1,0 +1,75 @@
+"""A fleet import killed mid-way leaves whole vehicles only, on every engine."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+
+from otacm.config import Settings
+from otacm.fleet.generator import write_export
+from otacm.fleet.importer import run_import
+from otacm.fleet.models import Ecu, FleetImport, Vehicle
+from otacm.fleet.parser import open_export
+from otacm.fleet.records import validate_record
+
+
+def test_killed_import_keeps_whole_vehicles(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    export = tmp_path / "fleet.jsonl"
+    with export.open("w") as out:
+        write_export(out, 6000, 11, "jsonl")
+    expected = {
+        r.vin: len(r.ecus)
+        for raw in open_export(io.BytesIO(export.read_bytes()), 1 << 20).records
+        if (r := validate_record(raw, settings.vin_check_digit)) is not None
+    }
+    env = {**os.environ, "OTACM_IMPORT_BATCH_SIZE": "200"}
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "otacm.bench._import_child",
+            settings.resolved_database_url(),
+            str(export),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.execute(select(func.count()).select_from(Vehicle)).scalar_one() >= 400:
+                    break
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Vehicle.vin, func.count(Ecu.id))
+            .outerjoin(Ecu, Ecu.vehicle_id == Vehicle.id)  # a vehicle without ECUs counts 0
+            .group_by(Vehicle.vin)
+        )
+        stored = {vin: ecus for vin, ecus in rows}
+    assert 400 <= len(stored) < len(expected), "the import was not cut off mid-way"
+    assert all(stored[vin] == expected[vin] for vin in stored), "a vehicle was half written"
+
+    # The next import finds the registry consistent and finishes the job.
+    with export.open("rb") as stream:
+        report = run_import(engine, stream, settings=settings, source_name="again")
+    assert report.status == "completed"
+    assert report.counts.vehicles_created == len(expected) - len(stored)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            statuses = conn.execute(select(FleetImport.status).order_by(FleetImport.id))
+            assert list(statuses.scalars()) == ["interrupted", "completed"]
