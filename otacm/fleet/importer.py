@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from queue import Full, Queue
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.orm import Session
 
-from otacm.config import Settings, VinCheckDigitPolicy
+from otacm.config import Settings
 from otacm.db import utcnow
 from otacm.fleet._bulk import (
     ECU_COLUMNS,
@@ -31,16 +29,15 @@ from otacm.fleet._bulk import (
     BulkIO,
 )
 from otacm.fleet._diff import BatchDiff, Counts, RecordConflict, StoredEcu
+from otacm.fleet._pipeline import COLLECT_EVERY, Validated, batches_of, collector_paused, read_ahead
 from otacm.fleet.models import FleetImport, FleetImportRejection
-from otacm.fleet.parser import ImportFileError, TruncatedFile, csv_column, open_export
-from otacm.fleet.records import Problem, RawRecord, VehicleRecord, validate_record
+from otacm.fleet.parser import ImportFileError, csv_column, open_export
+from otacm.fleet.records import Problem, RawRecord, VehicleRecord
 from otacm.security import audit
 from otacm.security.audit import SYSTEM, Actor
 
 # One fleet import at a time per PostgreSQL database (SQLite serialises writers by itself).
 IMPORT_LOCK_KEY = 0x07AC_F1EE
-# Batches between two runs of the (otherwise paused) garbage collector.
-COLLECT_EVERY = 25
 # Rejections a strict import keeps for its report while it decides to take nothing.
 STRICT_REJECTION_LIMIT = 100_000
 
@@ -135,11 +132,11 @@ def run_import(
             raise
         report.format, report.compressed = reader.format, reader.compressed
         planner.jsonl = reader.format == "jsonl"
-        batches = _read_ahead(
-            _batches(reader.records, settings.import_batch_size), settings.vin_check_digit
+        batches = read_ahead(
+            batches_of(reader.records, settings.import_batch_size), settings.vin_check_digit
         )
         keep = settings.import_report_rejections
-        with _collector_paused():
+        with collector_paused():
             if strict:
                 _import_strict(batches, planner, writer, report, keep, on_batch)
             else:
@@ -168,34 +165,6 @@ def run_import(
                 conn.commit()
             finally:
                 conn.close()
-
-
-_collector_lock = threading.Lock()
-_collector_pauses = 0
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while an import runs.
-
-    An import allocates tens of millions of short-lived containers, and the collector's passes
-    over them cost a quarter of the import's time. The import collects every `COLLECT_EVERY`
-    batches instead, and once more when the last import in the process ends.
-    """
-    global _collector_pauses
-    with _collector_lock:
-        if _collector_pauses == 0:
-            gc.disable()
-        _collector_pauses += 1
-    try:
-        yield
-    finally:
-        with _collector_lock:
-            _collector_pauses -= 1
-            if _collector_pauses == 0:
-                gc.enable()
-        if _collector_pauses == 0:
-            gc.collect()
 
 
 def _import_pipelined(
@@ -264,71 +233,6 @@ def _import_strict(
         conn.commit()
     with conn.begin():
         _store_rejections(conn, report.import_id, kept)
-
-
-Validated = list[tuple[RawRecord, VehicleRecord | None]]
-
-
-def _read_ahead(
-    batches: Iterator[list[RawRecord]], policy: VinCheckDigitPolicy
-) -> Iterator[Validated]:
-    """Parse and validate the next batches in a thread while the caller writes this one.
-
-    The database does its share of the work in its own process (PostgreSQL) or with the
-    interpreter lock released (SQLite), so reading ahead keeps both cores busy. At most two
-    batches wait, which bounds memory.
-    """
-    done = object()
-    queue: Queue[Any] = Queue(maxsize=2)
-    stop = threading.Event()
-
-    def offer(item: Any) -> bool:
-        """Hand `item` over unless the consumer has gone away."""
-        while not stop.is_set():
-            try:
-                queue.put(item, timeout=0.1)
-                return True
-            except Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                validated = [
-                    (raw, None if raw.problems else validate_record(raw, policy)) for raw in batch
-                ]
-                if not offer(validated):
-                    return
-            offer(done)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            offer(exc)
-
-    thread = threading.Thread(target=produce, name="fleet-import-reader", daemon=True)
-    thread.start()
-    try:
-        while (item := queue.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-
-
-def _batches(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:
-    """Batches of records; a compressed file that breaks off ends with a rejection for it."""
-    batch: list[RawRecord] = []
-    try:
-        for record in records:
-            batch.append(record)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-    except TruncatedFile as exc:
-        batch.append(RawRecord(exc.line + 1, {}, problems=[Problem(None, exc.reason)]))
-    if batch:
-        yield batch
 
 
 @dataclass
