@@ -85,6 +85,10 @@ def _normalise_url(url: str) -> str:
     return url
 
 
+# SQLite page cache per connection, in KiB.
+SQLITE_CACHE_KIB = 65_536
+
+
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -93,7 +97,7 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     # Large imports sort and index on disk, not in RAM.
     cursor.execute("PRAGMA temp_store=FILE")
-    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
     cursor.close()
 
 
