@@ -1,0 +1,1 @@
+"""The update catalog: software updates, their artifacts, release and signing."""
