@@ -8,11 +8,13 @@ strict mode the whole file is one transaction that is rolled back if any record 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gc
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import Connection, Engine, insert, update
@@ -108,7 +110,10 @@ def run_import(
     read_conn = write_conn if strict else engine.connect()
     writer = _Writer(BulkIO(write_conn), report)
     planner = _Planner(BulkIO(read_conn), report, engine, commit_reads=not strict)
+    sqlite_lock = _SqliteImportLock(engine) if not writer.bulk.postgresql else None
     try:
+        if sqlite_lock is not None:
+            sqlite_lock.acquire()
         if writer.bulk.postgresql:
             write_conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (IMPORT_LOCK_KEY,))
             # Holding the lock, no other import runs: one still marked running was cut off.
@@ -153,18 +158,46 @@ def run_import(
             _finish(engine, report, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        writer.close()
-        for conn in {id(read_conn): read_conn, id(write_conn): write_conn}.values():
-            try:
-                if conn.in_transaction():
-                    conn.rollback()
-                if conn is read_conn:
-                    planner.bulk.drop_seen_tables()
-                if conn is write_conn and writer.bulk.postgresql:
-                    conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (IMPORT_LOCK_KEY,))
-                conn.commit()
-            finally:
-                conn.close()
+        try:
+            writer.close()
+            for conn in {id(read_conn): read_conn, id(write_conn): write_conn}.values():
+                try:
+                    if conn.in_transaction():
+                        conn.rollback()
+                    if conn is read_conn:
+                        planner.bulk.drop_seen_tables()
+                    if conn is write_conn and writer.bulk.postgresql:
+                        conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (IMPORT_LOCK_KEY,))
+                    conn.commit()
+                finally:
+                    conn.close()
+        finally:
+            if sqlite_lock is not None:
+                sqlite_lock.release()
+
+
+class _SqliteImportLock:
+    """One import at a time on an SQLite database file, across processes: an exclusive lock
+    on a file beside the database (PostgreSQL uses an advisory lock instead). Two imports of
+    the same vehicles planned side by side would both try to create them."""
+
+    def __init__(self, engine: Engine) -> None:
+        database = engine.url.database
+        self.path = (
+            None if not database or database == ":memory:" else Path(database + ".import-lock")
+        )
+        self.handle: IO[bytes] | None = None
+
+    def acquire(self) -> None:
+        if self.path is not None:
+            self.handle = self.path.open("ab")
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
 
 
 def _import_pipelined(

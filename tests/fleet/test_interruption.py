@@ -73,3 +73,43 @@ def test_killed_import_keeps_whole_vehicles(
         with engine.connect() as conn:
             statuses = conn.execute(select(FleetImport.status).order_by(FleetImport.id))
             assert list(statuses.scalars()) == ["interrupted", "completed"]
+
+
+def test_two_imports_at_once_both_finish_and_agree(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Two server processes importing at the same time (here: two threads, two connections
+    each) must not collide: PostgreSQL serialises them with an advisory lock, SQLite with its
+    write lock and the id allocation table."""
+    import threading
+
+    settings = settings.model_copy(update={"import_batch_size": 100})
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    # The same export twice: every VIN and serial in both files, so that imports planned side
+    # by side would both create the same vehicles.
+    with first.open("w") as out:
+        write_export(out, 1500, 21, "jsonl")
+    second.write_bytes(first.read_bytes())
+    reports: dict[str, object] = {}
+
+    def load(path: Path) -> None:
+        with path.open("rb") as stream:
+            reports[path.name] = run_import(
+                engine, stream, settings=settings, source_name=path.name
+            )
+
+    threads = [threading.Thread(target=load, args=(p,)) for p in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert {name: getattr(r, "status", r) for name, r in reports.items()} == {
+        "a.jsonl": "completed",
+        "b.jsonl": "completed",
+    }
+    with engine.connect() as conn:
+        vehicles = conn.execute(select(func.count()).select_from(Vehicle)).scalar_one()
+        ids = conn.execute(select(func.count(func.distinct(Vehicle.id)))).scalar_one()
+    assert vehicles == ids == 1500
+    created = sum(r.counts.vehicles_created for r in reports.values())
+    assert created == 1500
