@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import getpass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from sqlalchemy.orm import Session
 
 from otacm.config import Settings, get_settings
-from otacm.db import current_revision, engine_from_settings, head_revision, upgrade
+from otacm.db import (
+    current_revision,
+    engine_from_settings,
+    head_revision,
+    make_session_factory,
+    unit_of_work,
+    upgrade,
+)
+from otacm.errors import OtacmError
 from otacm.security.audit import Actor
 
 app = typer.Typer(
@@ -38,6 +49,23 @@ def cli_actor() -> Actor:
     except (KeyError, OSError):
         name = "unknown"
     return Actor(f"cli:{name}", "cli", "local")
+
+
+@contextmanager
+def cli_session(database_url: str | None) -> Iterator[Session]:
+    """One CLI command's unit of work. The embedded database is brought up to date first; a
+    domain error ends the command with its message and exit code 1, nothing stored."""
+    engine = engine_from_settings(settings_with(database_url))
+    if engine.dialect.name == "sqlite":
+        upgrade(engine)
+    try:
+        with unit_of_work(make_session_factory(engine)) as session:
+            yield session
+    except OtacmError as exc:
+        console.print(f"[red]{exc.detail}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
 
 
 DatabaseOption = Annotated[
@@ -80,7 +108,6 @@ def serve(
     elif current_revision(engine) != head_revision(engine):
         console.print("[yellow]the database schema is not current: run `otacm db upgrade`")
     if current_revision(engine) == head_revision(engine):
-        from otacm.db import make_session_factory, unit_of_work
         from otacm.security.service import any_users
 
         with unit_of_work(make_session_factory(engine)) as session:

@@ -20,9 +20,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from otacm.cli import DatabaseOption, cli_actor, settings_with
-from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade
-from otacm.errors import OtacmError
+from otacm.cli import DatabaseOption, cli_actor, cli_session, settings_with
+from otacm.db import engine_from_settings, upgrade
 from otacm.fleet import service
 from otacm.fleet.exporter import export_fleet
 from otacm.fleet.generator import write_export
@@ -174,13 +173,8 @@ def export(
 @vehicles_app.command("show")
 def show(vin: str, database_url: DatabaseOption = None) -> None:
     """Print a vehicle, its ECUs and their history as JSON."""
-    engine = engine_from_settings(settings_with(database_url))
-    try:
-        with unit_of_work(make_session_factory(engine)) as session:
-            typer.echo(service.vehicle_detail(session, vin).model_dump_json(indent=2))
-    except OtacmError as exc:
-        console.print(f"[red]{exc.detail}")
-        raise typer.Exit(1) from None
+    with cli_session(database_url) as session:
+        typer.echo(service.vehicle_detail(session, vin).model_dump_json(indent=2))
 
 
 @vehicles_app.command("set-status")
@@ -193,11 +187,6 @@ def set_status(
     """Mark a vehicle active, inactive or scrapped (vehicles are never deleted)."""
     if status not in ("active", "inactive", "scrapped"):
         raise typer.BadParameter("use active, inactive or scrapped", param_hint="STATUS")
-    engine = engine_from_settings(settings_with(database_url))
-    try:
-        with unit_of_work(make_session_factory(engine)) as session:
-            vehicle, previous = service.change_status(session, cli_actor(), vin, status, reason)
-    except OtacmError as exc:
-        console.print(f"[red]{exc.detail}")
-        raise typer.Exit(1) from None
+    with cli_session(database_url) as session:
+        vehicle, previous = service.change_status(session, cli_actor(), vin, status, reason)
     console.print(f"{vehicle.vin}: {previous} → {status}")

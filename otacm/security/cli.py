@@ -7,11 +7,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session, sessionmaker
 
-from otacm.cli import DatabaseOption, cli_actor, settings_with
-from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade
-from otacm.errors import OtacmError
+from otacm.cli import DatabaseOption, cli_actor, cli_session
 from otacm.security import audit, service
 from otacm.security.models import User
 from otacm.security.permissions import Role
@@ -20,18 +17,6 @@ users_app = typer.Typer(help="Operator accounts.", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 console = Console(stderr=True)
-
-
-def _factory(database_url: str | None) -> sessionmaker[Session]:
-    engine = engine_from_settings(settings_with(database_url))
-    if engine.dialect.name == "sqlite":
-        upgrade(engine)
-    return make_session_factory(engine)
-
-
-def _fail(exc: OtacmError) -> typer.Exit:
-    console.print(f"[red]{exc.detail}")
-    return typer.Exit(1)
 
 
 def _new_password(password: str | None) -> str:
@@ -48,11 +33,8 @@ def create(
     database_url: DatabaseOption = None,
 ) -> None:
     """Create an operator account."""
-    try:
-        with unit_of_work(_factory(database_url)) as session:
-            service.create_user(session, cli_actor(), name, role, _new_password(password))
-    except OtacmError as exc:
-        raise _fail(exc) from None
+    with cli_session(database_url) as session:
+        service.create_user(session, cli_actor(), name, role, _new_password(password))
     console.print(f"created {role} {name!r}; give them a token: otacm tokens create --user {name}")
 
 
@@ -60,7 +42,7 @@ def create(
 def list_users(database_url: DatabaseOption = None) -> None:
     """List operator accounts."""
     table = Table("name", "role", "disabled", "locked", "created")
-    with unit_of_work(_factory(database_url)) as session:
+    with cli_session(database_url) as session:
         for user in session.query(User).order_by(User.name):
             summary = service.user_summary(user)
             table.add_row(
@@ -76,22 +58,16 @@ def list_users(database_url: DatabaseOption = None) -> None:
 @users_app.command("disable")
 def disable(name: str, database_url: DatabaseOption = None) -> None:
     """Disable an account: its tokens and sessions stop working. Accounts are never deleted."""
-    try:
-        with unit_of_work(_factory(database_url)) as session:
-            service.update_user(session, cli_actor(), name, disabled=True)
-    except OtacmError as exc:
-        raise _fail(exc) from None
+    with cli_session(database_url) as session:
+        service.update_user(session, cli_actor(), name, disabled=True)
     console.print(f"disabled {name!r}")
 
 
 @users_app.command("enable")
 def enable(name: str, database_url: DatabaseOption = None) -> None:
     """Enable a disabled account again."""
-    try:
-        with unit_of_work(_factory(database_url)) as session:
-            service.update_user(session, cli_actor(), name, disabled=False)
-    except OtacmError as exc:
-        raise _fail(exc) from None
+    with cli_session(database_url) as session:
+        service.update_user(session, cli_actor(), name, disabled=False)
     console.print(f"enabled {name!r}")
 
 
@@ -102,22 +78,16 @@ def set_password(
     database_url: DatabaseOption = None,
 ) -> None:
     """Set an operator's console password."""
-    try:
-        with unit_of_work(_factory(database_url)) as session:
-            service.set_password(session, cli_actor(), name, _new_password(password))
-    except OtacmError as exc:
-        raise _fail(exc) from None
+    with cli_session(database_url) as session:
+        service.set_password(session, cli_actor(), name, _new_password(password))
     console.print(f"password of {name!r} set")
 
 
 @users_app.command("unlock")
 def unlock(name: str, database_url: DatabaseOption = None) -> None:
     """Lift the lockout after repeated failed logins."""
-    try:
-        with unit_of_work(_factory(database_url)) as session:
-            service.unlock(session, cli_actor(), name)
-    except OtacmError as exc:
-        raise _fail(exc) from None
+    with cli_session(database_url) as session:
+        service.unlock(session, cli_actor(), name)
     console.print(f"unlocked {name!r}")
 
 
@@ -129,13 +99,10 @@ def create_token(
     database_url: DatabaseOption = None,
 ) -> None:
     """Create an API token and print it (once: only its hash is stored)."""
-    try:
-        with unit_of_work(_factory(database_url)) as session:
-            expires = service.parse_duration(expires_in) if expires_in else None
-            new = service.create_token(session, cli_actor(), user, name, expires)
-            token_id, expiry = new.token.id, service.expiry_text(new.token.expires_at)
-    except OtacmError as exc:
-        raise _fail(exc) from None
+    with cli_session(database_url) as session:
+        expires = service.parse_duration(expires_in) if expires_in else None
+        new = service.create_token(session, cli_actor(), user, name, expires)
+        token_id, expiry = new.token.id, service.expiry_text(new.token.expires_at)
     console.print(f"token {token_id} for {user!r}, expires {expiry}; it is shown only now:")
     typer.echo(new.secret)
 
@@ -147,7 +114,7 @@ def list_tokens(
 ) -> None:
     """List API tokens (never their secrets)."""
     table = Table("id", "user", "name", "starts with", "created", "expires", "revoked", "last used")
-    with unit_of_work(_factory(database_url)) as session:
+    with cli_session(database_url) as session:
         for token, owner in service.list_tokens(session, user):
             table.add_row(
                 str(token.id),
@@ -165,11 +132,8 @@ def list_tokens(
 @tokens_app.command("revoke")
 def revoke(token_id: int, database_url: DatabaseOption = None) -> None:
     """Revoke an API token at once."""
-    try:
-        with unit_of_work(_factory(database_url)) as session:
-            service.revoke_token(session, cli_actor(), token_id)
-    except OtacmError as exc:
-        raise _fail(exc) from None
+    with cli_session(database_url) as session:
+        service.revoke_token(session, cli_actor(), token_id)
     console.print(f"revoked token {token_id}")
 
 
@@ -190,7 +154,7 @@ def verify(
                 "use ID:HASH as printed by `otacm audit verify`", param_hint="--anchor"
             )
         expected = (int(entry_id), digest)
-    with unit_of_work(_factory(database_url)) as session:
+    with cli_session(database_url) as session:
         checked, broken = audit.verify(session, expected)
         newest = audit.head(session)
     if broken is not None:
