@@ -104,7 +104,7 @@ class BatchDiff:
     repeated_vins: dict[str, int] = field(default_factory=dict)
     counts: Counts = field(default_factory=Counts)
     new_vehicles: list[tuple[Any, ...]] = field(default_factory=list)
-    changed_vehicles: dict[int, tuple[VehicleRecord, bool]] = field(default_factory=dict)
+    changed_vehicles: dict[int, VehicleRecord] = field(default_factory=dict)
     new_ecus: list[tuple[Any, ...]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     # Vehicles this batch creates, by VIN: what a repeat of the VIN must restate exactly.
@@ -187,11 +187,8 @@ class BatchDiff:
             else:
                 self.counts.vehicles_unchanged += 1
             if vehicle_changed or exported_at > stored.exported_at:
-                previous = self.changed_vehicles.get(stored.id)
-                self.changed_vehicles[stored.id] = (
-                    record,
-                    vehicle_changed or (previous is not None and previous[1]),
-                )
+                # The row is rewritten from the record: new data, or a newer export stamp.
+                self.changed_vehicles[stored.id] = record
             stored.data, stored.exported_at = data, exported_at
         self._apply_ecus(record, stored, plan)
         return True
@@ -337,7 +334,7 @@ class BatchDiff:
     ) -> list[tuple[Any, ...]]:
         ts = self.timestamp
         rows = []
-        for vehicle_id, (r, _) in self.changed_vehicles.items():
+        for vehicle_id, r in self.changed_vehicles.items():
             rows.append(
                 (
                     r.engine_number,

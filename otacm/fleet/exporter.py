@@ -16,10 +16,10 @@ from sqlalchemy import Connection, Engine, select, text
 from otacm.db import is_postgresql, utcnow
 from otacm.fleet.models import Ecu, Vehicle
 from otacm.fleet.parser import CSV_HEADER
+from otacm.fleet.records import OPTIONAL_VEHICLE_FIELDS
 
 EXPORT_PAGE = 2000
 EXPORT_FORMATS = ("jsonl", "csv")
-OPTIONAL_CSV_COLUMNS = ["vehicle_public_key", "rxswin"]
 
 
 def _iso(value: datetime) -> str:
@@ -78,7 +78,7 @@ def export_jsonl(conn: Connection, exported_at: datetime) -> Iterator[str]:
         lines = []
         for v, ecus in page:
             record = _vehicle_fields(v, stamp)
-            for name in OPTIONAL_CSV_COLUMNS:
+            for name in OPTIONAL_VEHICLE_FIELDS:
                 if getattr(v, name) is not None:
                     record[name] = getattr(v, name)
             record.update(v.attributes or {})
@@ -112,12 +112,12 @@ def _csv_line(values: list[Any]) -> str:
 def export_csv(conn: Connection, exported_at: datetime) -> Iterator[str]:
     stamp = _iso(exported_at)
     attribute_keys = _attribute_keys(conn)
-    yield _csv_line([*CSV_HEADER, *OPTIONAL_CSV_COLUMNS, *attribute_keys]) + "\n"
+    yield _csv_line([*CSV_HEADER, *OPTIONAL_VEHICLE_FIELDS, *attribute_keys]) + "\n"
     for page in _pages(conn):
         lines = []
         for v, ecus in page:
             vehicle = list(_vehicle_fields(v, stamp).values())
-            extra = [getattr(v, name) for name in OPTIONAL_CSV_COLUMNS]
+            extra = [getattr(v, name) for name in OPTIONAL_VEHICLE_FIELDS]
             attributes = v.attributes or {}
             extra += [attributes.get(k) for k in attribute_keys]
             rows = [

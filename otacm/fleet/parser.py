@@ -29,27 +29,11 @@ from otacm.fleet.records import (
     RawRecord,
 )
 
-CSV_HEADER = [
-    "vin",
-    "engine_number",
-    "chassis_number",
-    "model",
-    "model_year",
-    "fuel_type",
-    "region",
-    "country",
-    "manufactured_at",
-    "exported_at",
-    "ecu_type",
-    "ecu_serial",
-    "hardware_part_number",
-    "hardware_version",
-    "protocol",
-    "software_part_number",
-    "software_version",
-    "calibration_id",
-]
 # CSV names the ECU serial `ecu_serial`; JSON Lines calls it `serial` inside `ecus`.
+CSV_HEADER = [
+    *VEHICLE_FIELDS,
+    *("ecu_serial" if f == "serial" else f for f in (*ECU_FIELDS, *OPTIONAL_ECU_FIELDS)),
+]
 CSV_ECU_COLUMNS = {
     "ecu_serial" if f == "serial" else f: f for f in (*ECU_FIELDS, *OPTIONAL_ECU_FIELDS)
 }
@@ -403,14 +387,3 @@ def _csv_rows(reader: Any, header: list[str], flagged: dict[int, Problem]) -> It
 def csv_column(field: str | None) -> str | None:
     """The CSV column a record field is read from."""
     return "ecu_serial" if field == "serial" else field
-
-
-__all__ = [
-    "CSV_HEADER",
-    "VEHICLE_FIELDS",
-    "ExportReader",
-    "ImportFileError",
-    "TruncatedFile",
-    "csv_column",
-    "open_export",
-]

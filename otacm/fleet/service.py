@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 from otacm.db import utcnow
 from otacm.errors import NotFound
 from otacm.fleet import repository
-from otacm.fleet.models import FleetImport, Vehicle
+from otacm.fleet.models import FleetImport, FleetImportRejection, Vehicle
 from otacm.fleet.schemas import (
     EcuHistoryEntry,
     EcuOut,
@@ -104,11 +104,9 @@ def import_report(session: Session, import_id: int, rejections: int) -> ImportRe
     row = repository.get_import(session, import_id)
     if row is None:
         raise ImportNotFound(f"no fleet import with id {import_id}")
-    first, _ = (
-        repository.rejections_of(session, import_id, limit=rejections, cursor=None)
-        if (rejections)
-        else ([], None)
-    )
+    first: list[FleetImportRejection] = []
+    if rejections:
+        first, _ = repository.rejections_of(session, import_id, limit=rejections, cursor=None)
     return import_out(row, [RejectionOut.model_validate(r) for r in first])
 
 
