@@ -159,6 +159,27 @@ def test_every_api_operation_declares_exactly_one_permission(bare_app: FastAPI) 
     assert protection_problems(bare_app) == []
 
 
+# The routes whose permission matters most, pinned: the matrix below checks that every route
+# is enforced as declared; this checks that these are declared as they must be.
+SENSITIVE = {
+    ("POST", "/api/v1/users"): Permission.USERS_MANAGE,
+    ("PATCH", "/api/v1/users/{name}"): Permission.USERS_MANAGE,
+    ("POST", "/api/v1/users/{name}/password"): Permission.USERS_MANAGE,
+    ("POST", "/api/v1/users/{name}/unlock"): Permission.USERS_MANAGE,
+    ("POST", "/api/v1/fleet/imports"): Permission.FLEET_IMPORT,
+    ("POST", "/api/v1/vehicles/{vin}/status"): Permission.VEHICLE_WRITE,
+    ("GET", "/api/v1/fleet/export"): Permission.FLEET_EXPORT,
+    ("GET", "/api/v1/audit"): Permission.AUDIT_READ,
+}
+
+
+def test_sensitive_routes_declare_the_permission_they_must(bare_app: FastAPI) -> None:
+    declared = route_permissions(bare_app)
+    assert {op: declared.get(op) for op in SENSITIVE} == {
+        op: [permission] for op, permission in SENSITIVE.items()
+    }
+
+
 def test_the_check_names_a_route_without_a_permission() -> None:
     app = create_app(Settings(database_url="sqlite://"), make_engine("sqlite://"))
 
