@@ -24,7 +24,7 @@ from otacm.cli import DatabaseOption, cli_actor, cli_session, settings_with
 from otacm.db import engine_from_settings, upgrade
 from otacm.fleet import service
 from otacm.fleet.exporter import export_fleet
-from otacm.fleet.generator import write_export
+from otacm.fleet.generator import MAX_VEHICLES, write_export
 from otacm.fleet.importer import ImportReport, run_import
 from otacm.fleet.parser import ImportFileError
 
@@ -38,7 +38,9 @@ console = Console(stderr=True)
 @fleet_app.command("generate")
 def generate(
     out: Annotated[Path, typer.Option("--out", help="File to write; .gz compresses it.")],
-    vehicles: Annotated[int, typer.Option(min=1, help="How many vehicles.")] = 1000,
+    vehicles: Annotated[
+        int, typer.Option(min=1, max=MAX_VEHICLES, help="How many vehicles.")
+    ] = 1000,
     seed: Annotated[int, typer.Option(help="The same seed gives the same file.")] = 1,
     format: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
 ) -> None:
