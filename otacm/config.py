@@ -6,6 +6,7 @@ The defaults make an embedded installation that needs nothing else: an SQLite fi
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,11 @@ class VinCheckDigitPolicy(StrEnum):
     NEVER = "never"
 
 
+class StorageBackend(StrEnum):
+    LOCAL = "local"
+    S3 = "s3"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OTACM_", extra="ignore")
 
@@ -42,6 +48,42 @@ class Settings(BaseSettings):
     import_max_line_bytes: int = Field(default=1_048_576, ge=1024)
     # Rejected records kept in one import's answer; all of them stay queryable.
     import_report_rejections: int = Field(default=1000, ge=0)
+
+    # Artifact storage: a directory on local disk, or an S3-compatible bucket (credentials come
+    # from boto3's usual chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, roles).
+    storage_backend: StorageBackend = StorageBackend.LOCAL
+    # Empty means "data_dir/artifacts".
+    storage_path: Path | None = None
+    s3_bucket: str = ""
+    s3_prefix: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    # Answer S3 downloads with a redirect to a presigned URL instead of streaming them through.
+    s3_presign_downloads: bool = True
+    s3_presign_expiry: timedelta = timedelta(minutes=15)
+
+    # Largest accepted artifact, in bytes.
+    artifact_max_bytes: int = Field(default=16 * 1024**3, ge=1)
+    # Staged uploads of drafts untouched for longer than this are removed.
+    staging_max_age: timedelta = timedelta(days=7)
+
+    # Signing keys (TUF roles and the server key that wraps data keys). Empty: data_dir/keys.
+    keys_dir: Path | None = None
+    # How long freshly signed TUF metadata stays valid, and when it is signed anew.
+    tuf_timestamp_expiry: timedelta = timedelta(days=1)
+    tuf_snapshot_expiry: timedelta = timedelta(days=7)
+    tuf_targets_expiry: timedelta = timedelta(days=90)
+    tuf_root_expiry: timedelta = timedelta(days=365)
+    # Metadata is re-signed once less than this share of its lifetime is left.
+    tuf_refresh_fraction: float = Field(default=0.5, gt=0, lt=1)
+    # Period of the maintenance job inside `otacm serve` (metadata refresh, staging cleanup).
+    maintenance_interval: timedelta = timedelta(minutes=5)
+
+    def resolved_storage_path(self) -> Path:
+        return self.storage_path or self.data_dir / "artifacts"
+
+    def resolved_keys_dir(self) -> Path:
+        return self.keys_dir or self.data_dir / "keys"
 
     def resolved_database_url(self) -> str:
         if self.database_url:
