@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,12 +15,16 @@ from sqlalchemy import Engine
 from otacm import __version__
 from otacm.config import Settings, get_settings
 from otacm.console.pages import router as console_router
-from otacm.db import engine_from_settings, make_session_factory
+from otacm.db import engine_from_settings, make_session_factory, make_write_session_factory
 from otacm.errors import OtacmError
 from otacm.fleet.endpoints import router as fleet_router
 from otacm.observability import record_request
 from otacm.observability import router as operations_router
 from otacm.security.endpoints import router as operators_router
+from otacm.security.tuf.endpoints import router as tuf_router
+from otacm.updates.downloads import router as downloads_router
+from otacm.updates.endpoints import router as updates_router
+from otacm.updates.storage import storage_from_settings
 
 
 async def _otacm_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -47,10 +54,30 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    job = None
+    if settings.maintenance_interval.total_seconds() > 0:
+        from otacm.maintenance import run_periodically
+
+        job = asyncio.create_task(
+            run_periodically(app.state.write_session_factory, settings, app.state.storage)
+        )
+    try:
+        yield
+    finally:
+        if job is not None:
+            job.cancel()
+            with suppress(asyncio.CancelledError):
+                await job
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = engine or engine_from_settings(settings)
     app = FastAPI(
+        lifespan=_lifespan,
         title="otacm",
         version=__version__,
         description="Over-the-air software update campaign manager for vehicle fleets.",
@@ -61,11 +88,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
+    app.state.write_session_factory = make_write_session_factory(engine)
+    app.state.storage = storage_from_settings(settings)
     app.add_exception_handler(OtacmError, _otacm_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.middleware("http")(record_request)
     app.include_router(operations_router)
     app.include_router(fleet_router)
     app.include_router(operators_router)
+    app.include_router(tuf_router)
+    app.include_router(updates_router)
+    app.include_router(downloads_router)
     app.include_router(console_router)
     return app

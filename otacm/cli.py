@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from otacm.config import Settings, get_settings
@@ -52,20 +53,26 @@ def cli_actor() -> Actor:
 
 
 @contextmanager
-def cli_session(database_url: str | None) -> Iterator[Session]:
-    """One CLI command's unit of work. The embedded database is brought up to date first; a
-    domain error ends the command with its message and exit code 1, nothing stored."""
+def cli_engine(database_url: str | None) -> Iterator[Engine]:
+    """The database of one CLI command. The embedded database is brought up to date first; a
+    domain error ends the command with its message and exit code 1."""
     engine = engine_from_settings(settings_with(database_url))
     if engine.dialect.name == "sqlite":
         upgrade(engine)
     try:
-        with unit_of_work(make_session_factory(engine)) as session:
-            yield session
+        yield engine
     except OtacmError as exc:
         console.print(f"[red]{exc.detail}")
         raise typer.Exit(1) from None
     finally:
         engine.dispose()
+
+
+@contextmanager
+def cli_session(database_url: str | None) -> Iterator[Session]:
+    """One CLI command's unit of work: committed at the end, nothing stored on an error."""
+    with cli_engine(database_url) as engine, unit_of_work(make_session_factory(engine)) as session:
+        yield session
 
 
 DatabaseOption = Annotated[
@@ -135,6 +142,8 @@ def _register() -> None:
     from otacm.demo import demo
     from otacm.fleet.cli import fleet_app, vehicles_app
     from otacm.security.cli import audit_app, tokens_app, users_app
+    from otacm.security.tuf.cli import keys_app
+    from otacm.updates.cli import updates_app
 
     app.add_typer(fleet_app, name="fleet")
     app.add_typer(vehicles_app, name="vehicles")
@@ -142,6 +151,8 @@ def _register() -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(updates_app, name="updates")
     app.command()(demo)
 
 

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     tuf_root_expiry: timedelta = timedelta(days=365)
     # Metadata is re-signed once less than this share of its lifetime is left.
     tuf_refresh_fraction: float = Field(default=0.5, gt=0, lt=1)
-    # Period of the maintenance job inside `otacm serve` (metadata refresh, staging cleanup).
+    # Period of the maintenance job inside `otacm serve` (metadata refresh, staging cleanup);
+    # zero turns it off (tests run it by hand).
     maintenance_interval: timedelta = timedelta(minutes=5)
 
     def resolved_storage_path(self) -> Path:

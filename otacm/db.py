@@ -137,6 +137,18 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def make_write_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose transactions take SQLite's write lock at BEGIN (BEGIN IMMEDIATE).
+
+    A deferred SQLite transaction that reads and then writes fails with SQLITE_BUSY when
+    another writer committed in between; taking the lock first makes it wait its turn instead.
+    PostgreSQL is unaffected.
+    """
+    return sessionmaker(
+        bind=engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
+    )
+
+
 @contextmanager
 def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One transaction: committed when the block ends normally, rolled back otherwise."""

@@ -9,6 +9,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from otacm.config import Settings
+from otacm.db import unit_of_work
+from otacm.updates.storage import ArtifactStorage
 
 
 def get_settings(request: Request) -> Settings:
@@ -21,14 +23,19 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
+def get_storage(request: Request) -> ArtifactStorage:
+    storage: ArtifactStorage = request.app.state.storage
+    return storage
+
+
+def get_write_session(request: Request) -> Iterator[Session]:
+    """A unit of work for handlers that read, then write: on SQLite it takes the write lock at
+    BEGIN, so no other writer can come between its reads and its writes."""
+    with unit_of_work(request.app.state.write_session_factory) as session:
+        yield session
+
+
 def get_session(request: Request) -> Iterator[Session]:
     """The request's unit of work: committed when the handler returns, rolled back on error."""
-    session: Session = request.app.state.session_factory()
-    try:
+    with unit_of_work(request.app.state.session_factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

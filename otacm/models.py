@@ -2,5 +2,7 @@
 
 from otacm.fleet import models as fleet_models
 from otacm.security import models as security_models
+from otacm.security.tuf import models as tuf_models  # noqa: F401  (registers the tables)
+from otacm.updates import models as updates_models
 
-__all__ = ["fleet_models", "security_models"]
+__all__ = ["fleet_models", "security_models", "updates_models"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from otacm.fleet.parser import CSV_HEADER
 from otacm.fleet.vin import with_check_digit
+from otacm.updates.samples import sample_update
 
 
 def vin(n: int, wmi: str = "WXA") -> str:
@@ -86,3 +87,20 @@ def csv_bytes(records: list[dict[str, Any]], extra_columns: list[str] = ()) -> b
 
 def gz(data: bytes) -> bytes:
     return gzip.compress(data)
+
+
+def update_document(**overrides: Any) -> dict[str, Any]:
+    """A software update definition complete enough to release once it has a file: the
+    product's sample update, with values the catalog tests filter on."""
+    data: dict[str, Any] = {
+        "name": "BCM comfort fixes",
+        "fuel_types": ["electric", "petrol"],
+        "applicable_versions": ["4.1.0"],
+        "release_notes": "Fixes the interior light timeout.",
+        "support": {
+            "contact": "bcm-team@example.com",
+            "documentation_url": "https://docs.example.com/bcm/4.2.0",
+            "end_of_support": "2030-12-31",
+        },
+    }
+    return sample_update(**{**data, **overrides})

@@ -75,3 +75,30 @@ def bench_search(
 
     command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _finish(fleet_import.run_search(database_url=database_url, command=command), record)
+
+
+@app.command("artifacts")
+def bench_artifacts(
+    size_mb: Annotated[int, typer.Option(min=1, help="Size of the artifact in MiB.")] = 2048,
+    work_dir: Annotated[Path, typer.Option(help="Scratch files are made here, then removed.")] = (
+        Path("bench-data/artifacts")
+    ),
+    confidential: Annotated[
+        bool, typer.Option(help="Also upload it as a confidential (encrypted) update.")
+    ] = True,
+    record: RecordOption = None,
+) -> None:
+    """A large artifact through `otacm serve`: upload, release, download, server memory; the
+    baseline is nginx serving the same file (needs nginx installed)."""
+    import shutil
+
+    from otacm.bench import artifacts
+    from otacm.bench.common import Report
+
+    command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = Report(f"Artifacts: {size_mb} MiB through otacm serve vs nginx", command)
+    try:
+        artifacts.run(report, size_mb << 20, work_dir, confidential=confidential)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    _finish(report, record)

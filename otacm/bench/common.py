@@ -28,10 +28,16 @@ class Result:
     baseline: str | None = None
     ratio: float | None = None
     note: str = ""
+    # What `rows` counts: "rows", or "bytes" (throughput then in MB/s).
+    unit: str = "rows"
 
     @property
     def throughput(self) -> str:
-        return f"{self.rows / self.seconds:,.0f} rows/s" if self.rows else ""
+        if not self.rows or not self.seconds:
+            return ""
+        if self.unit == "bytes":
+            return f"{self.rows / self.seconds / 1e6:,.0f} MB/s"
+        return f"{self.rows / self.seconds:,.0f} {self.unit}/s"
 
 
 @dataclass

@@ -22,6 +22,9 @@ class Permission(StrEnum):
     FLEET_IMPORT = "fleet.import"
     FLEET_EXPORT = "fleet.export"
     VEHICLE_WRITE = "vehicle.write"
+    UPDATES_READ = "updates.read"
+    UPDATES_WRITE = "updates.write"
+    UPDATES_RELEASE = "updates.release"
     AUDIT_READ = "audit.read"
     USERS_MANAGE = "users.manage"
     TOKENS_OWN = "tokens.own"
@@ -31,6 +34,7 @@ class Permission(StrEnum):
 _READ = {
     Permission.FLEET_READ,
     Permission.FLEET_EXPORT,
+    Permission.UPDATES_READ,
     Permission.AUDIT_READ,
     Permission.TOKENS_OWN,
 }
@@ -38,7 +42,7 @@ _READ = {
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.FLEET_ADMIN: frozenset(_READ | {Permission.FLEET_IMPORT, Permission.VEHICLE_WRITE}),
-    Role.ENGINEER: frozenset(_READ),
+    Role.ENGINEER: frozenset(_READ | {Permission.UPDATES_WRITE, Permission.UPDATES_RELEASE}),
     Role.CAMPAIGN_MANAGER: frozenset(_READ),
     Role.VIEWER: frozenset(_READ),
 }

@@ -1,0 +1,1 @@
+"""TUF repositories: signed metadata that vehicles verify with python-tuf's `ngclient`."""

@@ -1,0 +1,315 @@
+"""`otacm keys`: the TUF signing keys and the image repository's metadata at the terminal.
+
+`init` creates the keys and signs version 1 of the image repository; `rotate` replaces one
+role's key under a new root that vehicles holding an older root can follow; `refresh` re-signs
+metadata close to expiry (what the server's maintenance job does on its own); `status` shows
+keys, versions and expiries. Every change is audited in the transaction that makes it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+from otacm.cli import DatabaseOption, cli_actor, cli_session, settings_with
+from otacm.config import Settings
+from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade
+from otacm.errors import OtacmError
+from otacm.security import audit
+from otacm.security.audit import SYSTEM, Actor
+from otacm.security.keys import ROOT, KeysAlreadyInitialised, KeyStore, WrongPassphrase
+from otacm.security.tuf.repository import (
+    IMAGE,
+    ImageRepository,
+    KeyRotation,
+    RepositoryExists,
+    RepositoryNotInitialised,
+)
+
+keys_app = typer.Typer(
+    help="TUF signing keys and the image repository's metadata.", no_args_is_help=True
+)
+console = Console(stderr=True)
+
+RootPassphraseOption = Annotated[
+    str | None,
+    typer.Option(
+        "--root-passphrase",
+        envvar="OTACM_ROOT_PASSPHRASE",
+        help="Passphrase of the root key (prompted for when needed and not given).",
+        show_default=False,
+    ),
+]
+KeysDirOption = Annotated[
+    Path | None, typer.Option("--keys-dir", help="Overrides OTACM_KEYS_DIR.", show_default=False)
+]
+
+
+def _settings(database_url: str | None, keys_dir: Path | None) -> Settings:
+    settings = settings_with(database_url)
+    if keys_dir is not None:
+        settings = settings.model_copy(update={"keys_dir": keys_dir})
+    return settings
+
+
+def _write_lock(session: Session) -> None:
+    # On SQLite, BEGIN IMMEDIATE: the repository is read, then written, in one transaction.
+    session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
+
+
+def _fail(exc: OtacmError) -> typer.Exit:
+    console.print(f"[red]{exc.detail}")
+    return typer.Exit(1)
+
+
+def initialise_keys_and_repository(
+    settings: Settings, root_passphrase: str | None, actor: Actor = SYSTEM
+) -> dict[str, str]:
+    """Create every role's key and sign version 1 of the image repository; returns the key
+    ids by role. `root_passphrase=None` stores the root key unencrypted: for a demo, a
+    development set-up or a benchmark only. The embedded (SQLite) database is migrated first.
+
+    If the database part fails, the keys just created are removed again, so that the command
+    can simply be repeated.
+
+    Raises:
+        KeysAlreadyInitialised: the keys directory already has keys.
+        RepositoryExists: the database already has an image repository.
+        PassphraseRequired: the passphrase is too short.
+    """
+    keys = KeyStore.from_settings(settings)
+    repository = ImageRepository(settings)
+    engine = engine_from_settings(settings)
+    created = False
+    try:
+        if engine.dialect.name == "sqlite":
+            upgrade(engine)
+        with unit_of_work(make_session_factory(engine)) as session:
+            _write_lock(session)
+            if keys.initialised():
+                raise KeysAlreadyInitialised(
+                    f"signing keys already exist in {keys.directory}; refusing to overwrite them"
+                )
+            if repository.exists(session):
+                raise RepositoryExists(
+                    "the database already has an image repository, signed with keys kept "
+                    "elsewhere; refusing to start another"
+                )
+            public = keys.init(root_passphrase, allow_unencrypted_root=root_passphrase is None)
+            created = True
+            repository.bootstrap(session, keys, root_passphrase=root_passphrase)
+            keyids = {role: key.keyid for role, key in public.items()}
+            audit.record(
+                session,
+                actor,
+                "tuf.keys.init",
+                object_type="tuf_repository",
+                object_id=IMAGE,
+                after={"keyids": keyids, "root_encrypted": root_passphrase is not None},
+            )
+        return keyids
+    except BaseException:
+        if created:
+            keys.discard()
+        raise
+    finally:
+        engine.dispose()
+
+
+@keys_app.command("init")
+def init(
+    root_passphrase: RootPassphraseOption = None,
+    no_root_passphrase: Annotated[
+        bool,
+        typer.Option(
+            "--no-root-passphrase",
+            help="Store the root key unencrypted: for a demo or development set-up only.",
+        ),
+    ] = False,
+    keys_dir: KeysDirOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Create the signing keys and sign version 1 of the image repository."""
+    if no_root_passphrase and root_passphrase is not None:
+        raise typer.BadParameter(
+            "give either a passphrase or --no-root-passphrase", param_hint="--root-passphrase"
+        )
+    settings = _settings(database_url, keys_dir)
+    if KeyStore.from_settings(settings).initialised():
+        # Before asking for a passphrase that could not be used.
+        console.print(f"[red]signing keys already exist in {settings.resolved_keys_dir()}")
+        raise typer.Exit(1)
+    if not no_root_passphrase and root_passphrase is None:
+        root_passphrase = str(
+            typer.prompt("root key passphrase", hide_input=True, confirmation_prompt=True)
+        )
+    try:
+        keyids = initialise_keys_and_repository(settings, root_passphrase, cli_actor())
+    except OtacmError as exc:
+        raise _fail(exc) from None
+    for role, keyid in keyids.items():
+        console.print(f"{role:<10} {keyid}")
+    console.print(f"keys in {settings.resolved_keys_dir()}; image repository at version 1")
+    if root_passphrase is None:
+        console.print(
+            "[yellow]WARNING: the root key is stored WITHOUT a passphrase: anyone who can read "
+            "the keys directory can sign a new root. Use this for a demo or development only."
+        )
+    else:
+        console.print(
+            "keep the root key (root.pem) and its passphrase offline; the server needs only "
+            "the other keys"
+        )
+
+
+def _root_passphrase(keys: KeyStore, given: str | None) -> str | None:
+    if given is None and keys.root_encrypted():
+        return str(typer.prompt("root key passphrase", hide_input=True))
+    return given
+
+
+@keys_app.command("rotate")
+def rotate(
+    role: Annotated[str, typer.Argument(help="root, targets, snapshot or timestamp.")],
+    root_passphrase: RootPassphraseOption = None,
+    keys_dir: KeysDirOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Give ROLE a new key, announced in a new root signed by the current root key."""
+    settings = _settings(database_url, keys_dir)
+    keys = KeyStore.from_settings(settings)
+    try:
+        passphrase = _root_passphrase(keys, root_passphrase)
+    except OtacmError as exc:
+        raise _fail(exc) from None
+    rotation: KeyRotation | None = None
+    refused = ""
+    actor = cli_actor()
+    with cli_session(database_url) as session:
+        _write_lock(session)
+        try:
+            rotation = ImageRepository(settings).rotate_key(session, keys, role, passphrase)
+        except WrongPassphrase as exc:
+            # The attempt itself is worth recording; nothing else changed.
+            refused = exc.detail
+            audit.record(
+                session,
+                actor,
+                "tuf.keys.rotate",
+                object_type="tuf_key",
+                object_id=role,
+                outcome="refused",
+                detail=refused,
+            )
+        else:
+            audit.record(
+                session,
+                actor,
+                "tuf.keys.rotate",
+                object_type="tuf_key",
+                object_id=role,
+                before={"keyid": rotation.old_keyid},
+                after={"keyid": rotation.new_keyid, "root_version": rotation.root_version},
+            )
+    if rotation is None:
+        console.print(f"[red]{refused}")
+        raise typer.Exit(1)
+    console.print(
+        f"{role} key rotated: {rotation.old_keyid[:16]}… → {rotation.new_keyid}; "
+        f"root now at version {rotation.root_version}"
+    )
+
+
+@keys_app.command("refresh")
+def refresh(
+    root_passphrase: Annotated[
+        str | None,
+        typer.Option(
+            "--root-passphrase",
+            envvar="OTACM_ROOT_PASSPHRASE",
+            help="Also re-sign root when it is due.",
+            show_default=False,
+        ),
+    ] = None,
+    keys_dir: KeysDirOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Re-sign the image repository's metadata that is close to expiry."""
+    settings = _settings(database_url, keys_dir)
+    keys = KeyStore.from_settings(settings)
+    repository = ImageRepository(settings)
+    with cli_session(database_url) as session:
+        _write_lock(session)
+        done = repository.refresh(session, keys, root_passphrase=root_passphrase)
+        if done:
+            audit.record(
+                session,
+                cli_actor(),
+                "tuf.metadata.refresh",
+                object_type="tuf_repository",
+                object_id=IMAGE,
+                after={"resigned": done},
+            )
+        still_due = repository.due(session)
+    console.print(f"re-signed: {', '.join(done)}" if done else "nothing was due")
+    if ROOT in still_due:
+        console.print(
+            "[yellow]root expires soon: re-sign it with `otacm keys refresh --root-passphrase`"
+        )
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@keys_app.command("status")
+def status(keys_dir: KeysDirOption = None, database_url: DatabaseOption = None) -> None:
+    """Keys, key ids, and the image repository's metadata versions and expiries."""
+    settings = _settings(database_url, keys_dir)
+    keys = KeyStore.from_settings(settings)
+    repository = ImageRepository(settings)
+    with cli_session(database_url) as session:
+        try:
+            roles = repository.status(session)
+        except RepositoryNotInitialised:
+            roles = []
+    listed = {r.role: r.keyids for r in roles}
+    key_table = Table("key", "key id", "encrypted", "in root", "retired keys")
+    for info in keys.status():
+        in_root = ""
+        if info.role in listed:
+            # NO: a rotation whose transaction rolled back; the listed (retired) key still signs.
+            in_root = "yes" if info.keyid in listed[info.role] else "NO"
+        key_table.add_row(
+            info.role,
+            info.keyid,
+            "yes" if info.encrypted else "no",
+            in_root,
+            str(len(info.retired)),
+        )
+    metadata_table = Table("role", "version", "expires", "due", "key ids")
+    for role in roles:
+        metadata_table.add_row(
+            role.role,
+            str(role.version),
+            _when(role.expires_at),
+            "yes" if role.due else "",
+            " ".join(k[:16] for k in role.keyids),
+        )
+    out = Console()
+    if key_table.row_count:
+        out.print(key_table)
+    else:
+        console.print(f"no keys in {keys.directory}: run `otacm keys init`")
+    if roles:
+        out.print(metadata_table)
+    else:
+        console.print("the image repository has no metadata yet: run `otacm keys init`")
+    if not key_table.row_count or not roles:
+        raise typer.Exit(1)
