@@ -18,7 +18,7 @@ from otacm.console.pages import router as console_router
 from otacm.db import engine_from_settings, make_session_factory, make_write_session_factory
 from otacm.errors import OtacmError
 from otacm.fleet.endpoints import router as fleet_router
-from otacm.observability import record_request
+from otacm.observability import RequestRecorder
 from otacm.observability import router as operations_router
 from otacm.security.endpoints import router as operators_router
 from otacm.security.tuf.endpoints import router as tuf_router
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.storage = storage_from_settings(settings)
     app.add_exception_handler(OtacmError, _otacm_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.middleware("http")(record_request)
+    app.add_middleware(RequestRecorder)
     app.include_router(operations_router)
     app.include_router(fleet_router)
     app.include_router(operators_router)

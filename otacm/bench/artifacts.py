@@ -28,6 +28,7 @@ from otacm.config import Settings
 from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade
 from otacm.security import service as operators
 from otacm.security.audit import SYSTEM
+from otacm.security.tuf.setup import initialise_keys_and_repository
 from otacm.updates.samples import sample_update
 
 BLOCK = 16 << 20
@@ -146,8 +147,6 @@ def otacm_server(data_dir: Path) -> Iterator[tuple[str, str, int]]:
         operators.create_user(session, SYSTEM, "bench-admin", "admin", os.urandom(16).hex())
         token = operators.create_token(session, SYSTEM, "bench-admin", "bench", None).secret
     engine.dispose()
-    from otacm.security.tuf.cli import initialise_keys_and_repository
-
     initialise_keys_and_repository(settings, root_passphrase=None)
     port = _free_port()
     env = {**os.environ, "OTACM_DATA_DIR": str(data_dir), "OTACM_LOG_LEVEL": "warning"}

@@ -22,6 +22,7 @@ from otacm.security import audit
 from otacm.security.audit import Actor
 from otacm.security.encryption import StreamEncryptor
 from otacm.updates import rules, service
+from otacm.updates._write_behind import WriteBehind
 from otacm.updates.models import SoftwareUpdate, UpdateArtifact
 from otacm.updates.schemas import UpdateState
 from otacm.updates.storage import ArtifactStorage, StorageWriter
@@ -106,10 +107,13 @@ class ArtifactReceiver:
         self._stored_hash = hashlib.sha256() if data_key else None
         self._encryptor = StreamEncryptor(data_key) if data_key else None
         self._writer: StorageWriter | None = None
+        self._out: WriteBehind | None = None
+        self._stored_length = 0
 
     def __enter__(self) -> ArtifactReceiver:
         self._writer = self._storage.writer(self.storage_key)
         self._writer.__enter__()
+        self._out = WriteBehind(self._writer)
         return self
 
     def __exit__(
@@ -118,11 +122,13 @@ class ArtifactReceiver:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._writer is not None
+        assert self._writer is not None and self._out is not None
+        self._out.close()
         self._writer.__exit__(exc_type, exc, tb)
 
-    def feed(self, data: bytes) -> None:
-        assert self._writer is not None
+    def feed(self, data: bytes | bytearray) -> None:
+        """Take the next piece of the file (not copied: the caller must not change it)."""
+        assert self._out is not None
         self._plain_length += len(data)
         if self._plain_length > self._max_bytes:
             raise ArtifactTooLarge(
@@ -131,21 +137,22 @@ class ArtifactReceiver:
             )
         self._plain_hash.update(data)
         if self._encryptor is None:
-            self._writer.write(data)
+            self._out.write(data)
             return
         assert self._stored_hash is not None
         sealed = self._encryptor.update(data)
         if sealed:
             self._stored_hash.update(sealed)
-            self._writer.write(sealed)
+            self._stored_length += len(sealed)
+            self._out.write(sealed)
 
-    def feed_all(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.feed(chunk)
+    def feed_joined(self, chunks: list[bytes]) -> None:
+        """Feed several chunks as one piece: one hashing and one write call instead of many."""
+        self.feed(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def finish(self) -> ReceivedFile:
         """Check what arrived and make the staged file durable; errors discard it."""
-        assert self._writer is not None
+        assert self._writer is not None and self._out is not None
         if self._expected_length is not None and self._plain_length != self._expected_length:
             raise UploadIncomplete(
                 f"{self._plain_length} of {self._expected_length} announced bytes arrived",
@@ -165,8 +172,10 @@ class ArtifactReceiver:
             assert self._stored_hash is not None
             tail = self._encryptor.finalize()
             self._stored_hash.update(tail)
-            self._writer.write(tail)
-            length, sha256 = self._writer.bytes_written, self._stored_hash.hexdigest()
+            self._stored_length += len(tail)
+            self._out.write(tail)
+            length, sha256 = self._stored_length, self._stored_hash.hexdigest()
+        self._out.drain()
         self._writer.commit()
         return ReceivedFile(
             storage_key=self.storage_key,

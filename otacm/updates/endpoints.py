@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -129,6 +130,36 @@ def edit_update(
     return _out(session, request, update_id)
 
 
+async def _receive_into(request: Request, receiver: artifacts.ArtifactReceiver) -> None:
+    """Feed the request body to `receiver` in batches, one batch being hashed and written in a
+    worker thread while the next arrives, so receiving and hashing overlap; at most two batches
+    are held. Chunks are gathered into one buffer per batch so that the worker hashes and writes
+    it in one call each: every call gives up the GIL and must win it back from the event loop,
+    which for 64 KiB chunks cost more than the hashing."""
+    in_flight: asyncio.Task[None] | None = None
+    batch: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= UPLOAD_BATCH_BYTES:
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.ensure_future(run_in_threadpool(receiver.feed_joined, batch))
+                batch, size = [], 0
+    except ClientDisconnect:
+        raise artifacts.UploadIncomplete(
+            "the client disconnected before the whole file arrived"
+        ) from None
+    finally:
+        # Never leave a batch being written while the caller finishes or discards the file.
+        if in_flight is not None:
+            await asyncio.shield(in_flight)
+    if batch:
+        await run_in_threadpool(receiver.feed_joined, batch)
+
+
 @router.post(
     "/updates/{update_id}/artifacts",
     response_model=ArtifactOut,
@@ -177,20 +208,7 @@ async def upload_artifact(
     )
     await run_in_threadpool(receiver.__enter__)
     try:
-        batch: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                batch.append(chunk)
-                size += len(chunk)
-                if size >= UPLOAD_BATCH_BYTES:
-                    await run_in_threadpool(receiver.feed_all, batch)
-                    batch, size = [], 0
-        except ClientDisconnect:
-            raise artifacts.UploadIncomplete(
-                "the client disconnected before the whole file arrived"
-            ) from None
-        await run_in_threadpool(receiver.feed_all, batch)
+        await _receive_into(request, receiver)
         received = await run_in_threadpool(receiver.finish)
     except BaseException as exc:
         await run_in_threadpool(receiver.__exit__, type(exc), exc, exc.__traceback__)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from otacm.updates.storage._direct import DirectWriter
 from otacm.updates.storage.base import (
     DEFAULT_CHUNK_SIZE,
     ArtifactMissing,
@@ -59,7 +60,7 @@ class LocalWriter(StorageWriter):
         except OSError as exc:
             raise StorageError(f"cannot write artifact {key!r}: {exc}") from exc
         self._temp = Path(temp)
-        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._file = DirectWriter(fd)
 
     def _write(self, data: Data) -> None:
         try:
@@ -69,8 +70,7 @@ class LocalWriter(StorageWriter):
 
     def _commit(self) -> None:
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file.finish()
             self._file.close()
             os.replace(self._temp, self._path)
             _fsync_dir(self._path.parent)
