@@ -1,13 +1,17 @@
 """`otacm demo`: the main job on an embedded database, in one command.
 
 It makes a fresh SQLite registry, generates a synthetic fleet, imports it with a progress bar,
-starts the server on localhost and shows the fleet through the API.
+starts the server on localhost and shows the fleet through the API; then it sets up signing
+keys, releases a software update into the TUF image repository and has a python-tuf client
+verify and download it, as a vehicle would.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import secrets
+import shutil
 import socket
 import tempfile
 import threading
@@ -29,6 +33,8 @@ from otacm.fleet.generator import write_export
 from otacm.fleet.importer import run_import
 from otacm.security import service
 from otacm.security.audit import SYSTEM
+from otacm.security.tuf.setup import initialise_keys_and_repository
+from otacm.updates.samples import sample_update
 
 DEMO_ADMIN = "demo-admin"
 
@@ -39,7 +45,7 @@ def _free_port(preferred: int) -> int:
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", preferred))
-            return preferred
+            return int(probe.getsockname()[1])  # the port itself, or a free one for 0
         except OSError:
             probe.bind(("127.0.0.1", 0))
             return int(probe.getsockname()[1])
@@ -94,6 +100,47 @@ def _show_fleet(base: str, token: str) -> None:
         console.print(ecus)
 
 
+def _release_and_verify(base: str, token: str, work: Path) -> None:
+    """Through the API: define, upload and release an update; then verify it as a vehicle."""
+    from tuf.ngclient import Updater
+
+    auth = {"Authorization": f"Bearer {token}"}
+    firmware = secrets.token_bytes(8 << 20)
+    with httpx.Client(base_url=base, headers=auth, timeout=60) as api:
+        created = api.post("/api/v1/updates", json=sample_update())
+        created.raise_for_status()
+        update_id = created.json()["id"]
+        api.post(
+            f"/api/v1/updates/{update_id}/artifacts",
+            params={"filename": "bcm-4.2.0.bin", "sha256": hashlib.sha256(firmware).hexdigest()},
+            content=firmware,
+        ).raise_for_status()
+        released = api.post(f"/api/v1/updates/{update_id}/release")
+        released.raise_for_status()
+    update = released.json()
+    console.print(
+        f"released update {update_id}: {update['ecu_type']} {update['version']} "
+        f"({update['name']}), release counter {update['release_counter']}"
+    )
+    (work / "tuf").mkdir(exist_ok=True)
+    vehicle = Updater(
+        metadata_dir=str(work / "tuf"),
+        bootstrap=httpx.get(f"{base}/tuf/image/1.root.json").content,
+        metadata_base_url=f"{base}/tuf/image/",
+        target_base_url=f"{base}/tuf/image/targets/",
+        target_dir=str(work),
+    )
+    vehicle.refresh()
+    info = vehicle.get_targetinfo(f"updates/{update_id}/bcm-4.2.0.bin")
+    assert info is not None, "the released file is not in the signed targets"
+    path = Path(vehicle.download_target(info))
+    verdict = "identical" if path.read_bytes() == firmware else "DIFFERENT"
+    console.print(
+        f"a python-tuf client verified the signed metadata and downloaded {info.length:,} bytes "
+        f"({verdict} to the upload); custom fields: {info.unrecognized_fields['custom']}"
+    )
+
+
 def demo(
     vehicles: Annotated[int, typer.Option(min=1, help="Size of the synthetic fleet.")] = 3000,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic fleet.")] = 7,
@@ -113,6 +160,8 @@ def demo(
     database = data_dir / "otacm.db"
     for stale in data_dir.glob("otacm.db*"):
         stale.unlink()
+    for stale_dir in ("keys", "artifacts"):
+        shutil.rmtree(data_dir / stale_dir, ignore_errors=True)
     settings = Settings(data_dir=data_dir, database_url=f"sqlite:///{database.as_posix()}")
     engine = engine_from_settings(settings)
     upgrade(engine)
@@ -151,10 +200,16 @@ def demo(
     )
     thread = server.start()
     _show_fleet(base, token)
-    console.rule("4. watch it yourself")
+    console.rule("4. a software update, released and verified")
+    initialise_keys_and_repository(settings, root_passphrase=None)
+    console.print(f"signing keys in {settings.resolved_keys_dir()} (demo: root key unencrypted)")
+    _release_and_verify(base, token, Path(export.parent))
+    console.rule("5. watch it yourself")
     console.print(f"console: {base}/   user [bold]{DEMO_ADMIN}[/]   password [bold]{password}[/]")
     console.print(f"API token: {token}")
     console.print(f"try: curl -H 'Authorization: Bearer {token}' '{base}/api/v1/vehicles?limit=3'")
+    console.print(f"catalog: curl -H 'Authorization: Bearer {token}' '{base}/api/v1/updates'")
+    console.print(f"image repository: {base}/tuf/image/timestamp.json")
     console.print(f"API docs: {base}/api/v1/docs   metrics: {base}/metrics")
     console.print(f"demo finished in {time.monotonic() - started:.1f} s")
     if keep_serving:
