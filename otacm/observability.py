@@ -13,6 +13,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from otacm.db import current_revision, head_revision
+from otacm.errors import OtacmError
 
 REQUESTS = Counter(
     "otacm_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
@@ -88,7 +89,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """The database answers and its schema is at the version this code needs."""
+    """The database answers, its schema is at the version this code needs, and the artifact
+    storage is usable."""
     engine: Engine = request.app.state.engine
     try:
         with engine.connect() as conn:
@@ -104,4 +106,8 @@ def readyz(request: Request) -> JSONResponse:
             },
             503,
         )
+    try:
+        request.app.state.storage.check()
+    except OtacmError as exc:
+        return JSONResponse({"status": "storage_unavailable", "detail": exc.detail}, 503)
     return JSONResponse({"status": "ok", "schema": current})

@@ -12,7 +12,7 @@ from contextlib import suppress
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from otacm.config import Settings
@@ -253,6 +253,16 @@ def edit_draft(
     return update
 
 
+# Releases run one at a time: two releases for the same hardware must not hand out the same
+# counter (on SQLite the write transaction already serialises them).
+RELEASE_LOCK_KEY = 0x6F7461636D5245  # "otacmRE"
+
+
+def _serialise_releases(session: Session) -> None:
+    if is_postgresql(session.get_bind().dialect):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": RELEASE_LOCK_KEY})
+
+
 def _next_release_counter(session: Session, update: SoftwareUpdate) -> int:
     """One more than any counter handed out for the update's ECU type and hardware, so that a
     vehicle can refuse any image older than one it already has (Uptane's release counter)."""
@@ -305,6 +315,7 @@ def release(
                     missing=missing,
                 )
             now = clock()
+            _serialise_releases(session)
             update.release_counter = _next_release_counter(session, update)
             for artifact in artifacts:
                 published = f"artifacts/{artifact.sha256}"

@@ -332,3 +332,46 @@ def test_maintenance_resigns_due_metadata(
     assert report.errors == []
     report = run_once(factory, settings, storage_from_settings(settings))
     assert report.resigned == []
+
+
+def test_concurrent_releases_get_distinct_counters(
+    client: TestClient, engine: Engine, settings: Settings, signing: KeyStore
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from otacm.security.audit import Actor
+
+    drafts = [create(client, version=f"5.{n}.0") for n in range(4)]
+    for draft in drafts:
+        assert upload(client, draft["id"], f"image {draft['id']}".encode()).status_code == 201
+    factory = make_write_session_factory(engine)
+    storage = storage_from_settings(settings)
+
+    def release(update_id: int) -> int | None:
+        update = service.release(
+            factory, Actor("engineer"), update_id, settings=settings, storage=storage
+        )
+        return update.release_counter
+
+    with ThreadPoolExecutor(4) as pool:
+        counters = list(pool.map(release, [d["id"] for d in drafts]))
+    assert sorted(c or 0 for c in counters) == [1, 2, 3, 4]
+    # Every file is in the signed targets, none lost to a concurrent signing.
+    with unit_of_work(make_session_factory(engine)) as session:
+        targets = ImageRepository(settings).targets(session)
+    assert sorted(targets) == sorted(f"updates/{d['id']}/bcm.bin" for d in drafts)
+
+
+def test_readiness_names_an_unusable_artifact_storage(
+    settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    from otacm.app import create_app
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the storage directory should be")
+    broken = settings.model_copy(update={"storage_path": blocker / "artifacts"})
+    with TestClient(create_app(broken, engine)) as probe:
+        answer = probe.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["status"] == "storage_unavailable"
+    assert "artifacts" in answer.json()["detail"]
