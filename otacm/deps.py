@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
@@ -39,3 +40,11 @@ def get_session(request: Request) -> Iterator[Session]:
     """The request's unit of work: committed when the handler returns, rolled back on error."""
     with unit_of_work(request.app.state.session_factory) as session:
         yield session
+
+
+# Declare sessions through these: `scope="function"` commits when the handler returns, before
+# the answer is sent. The default ("request") would commit after the client already has its
+# answer (a write reported done could still fail) and would hold the connection and its
+# transaction open for as long as a streamed answer takes.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]

@@ -11,13 +11,13 @@ import secrets
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from otacm.deps import get_session
+from otacm.deps import SessionDep
 from otacm.errors import OtacmError
 from otacm.fleet.models import FleetImport, Vehicle
 from otacm.observability import request_id
@@ -68,7 +68,7 @@ def login_form(request: Request) -> Response:
 @router.post("/login", response_class=HTMLResponse)
 def login(
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     name: Annotated[str, Form(max_length=100)] = "",
     password: Annotated[str, Form(max_length=1000)] = "",
     csrf: Annotated[str, Form(max_length=100)] = "",
@@ -112,7 +112,7 @@ def _console_principal(request: Request, session: Session) -> Principal | None:
 @router.post("/logout")
 def logout(
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
     principal = _console_principal(request, session)
@@ -127,7 +127,7 @@ def logout(
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(request: Request, session: Annotated[Session, Depends(get_session)]) -> Response:
+def home(request: Request, session: SessionDep) -> Response:
     principal = _console_principal(request, session)
     if principal is None or principal.csrf_token is None:
         return RedirectResponse("/login", status_code=303)

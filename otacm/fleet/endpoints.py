@@ -9,11 +9,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from otacm.config import Settings
 from otacm.db import utcnow
-from otacm.deps import get_engine, get_session, get_settings
+from otacm.deps import SessionDep, get_engine, get_settings
 from otacm.fleet import repository, service
 from otacm.fleet.exporter import export_fleet
 from otacm.fleet.importer import run_import
@@ -40,7 +39,7 @@ UPLOAD_CHUNK = 1 << 20
 @router.get("/vehicles", response_model=VehiclePage)
 def list_vehicles(
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
     model: Annotated[list[str], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
     model_year_min: int | None = None,
@@ -88,7 +87,7 @@ def list_vehicles(
 @router.get("/vehicles/{vin}", response_model=VehicleDetail)
 def get_vehicle(
     vin: str,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
 ) -> VehicleDetail:
     """The vehicle, its ECUs (fitted and removed) and every ECU's superseded states."""
@@ -99,7 +98,7 @@ def get_vehicle(
 def change_vehicle_status(
     vin: str,
     change: VehicleStatusChange,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     principal: Annotated[Principal, Depends(require(Permission.VEHICLE_WRITE))],
 ) -> VehicleSummary:
     """Mark a vehicle active, inactive or scrapped. Vehicles are never deleted."""
@@ -155,7 +154,7 @@ async def import_fleet(
 
 @router.get("/fleet/imports", response_model=ImportPage)
 def list_imports(
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
@@ -167,7 +166,7 @@ def list_imports(
 @router.get("/fleet/imports/{import_id}", response_model=ImportReportOut)
 def get_import(
     import_id: int,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     settings: Annotated[Settings, Depends(get_settings)],
     _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
 ) -> ImportReportOut:
@@ -177,7 +176,7 @@ def get_import(
 @router.get("/fleet/imports/{import_id}/rejections", response_model=RejectionPage)
 def import_rejections(
     import_id: int,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     cursor: str | None = None,

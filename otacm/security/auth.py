@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import Request
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from otacm.db import unit_of_work, utcnow
@@ -54,6 +54,8 @@ class Principal:
     token_id: int | None
     actor: Actor
     csrf_token: str | None = None  # set for console sessions
+    # The token's recorded last use is older than LAST_USED_GRANULARITY: record this one.
+    token_use_stale: bool = False
 
 
 def client_address(request: Request) -> str:
@@ -97,10 +99,14 @@ def authenticate(request: Request, session: Session) -> Principal:
             raise NotAuthenticated("the API token has expired")
         if user.disabled_at is not None:
             raise NotAuthenticated("the user of this API token is disabled")
-        if token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY:
-            token.last_used_at = now
+        stale = token.last_used_at is None or now - token.last_used_at > LAST_USED_GRANULARITY
         return Principal(
-            user.id, user.name, user.role, token.id, Actor(user.name, user.role, address, rid)
+            user.id,
+            user.name,
+            user.role,
+            token.id,
+            Actor(user.name, user.role, address, rid),
+            token_use_stale=stale,
         )
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
@@ -126,6 +132,15 @@ def authenticate(request: Request, session: Session) -> Principal:
                 )
         raise NotAuthenticated("the console session has ended; log in again")
     raise NotAuthenticated("authentication required: `Authorization: Bearer <api token>`")
+
+
+def record_token_use(request: Request, token_id: int) -> None:
+    """Note a token's use, at most every LAST_USED_GRANULARITY: a write of its own (on SQLite
+    under the write lock from BEGIN), so that authenticating stays a read."""
+    with unit_of_work(request.app.state.write_session_factory) as session:
+        session.execute(
+            update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=utcnow())
+        )
 
 
 def audit_refusal(request: Request, actor: Actor, detail: str) -> None:
@@ -161,6 +176,8 @@ def require(permission: Permission) -> Callable[..., Principal]:
                 )
                 audit_refusal(request, anonymous, exc.detail)
             raise
+        if principal.token_use_stale and principal.token_id is not None:
+            record_token_use(request, principal.token_id)
         # A cookie-authenticated change must prove it comes from our own page.
         if (
             principal.csrf_token is not None

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from otacm.deps import get_session
+from otacm.deps import SessionDep
 from otacm.fleet.repository import decode_cursor, encode_cursor
 from otacm.security import service
 from otacm.security.auth import Principal, audit_refusal, refuse, require
@@ -33,7 +33,7 @@ from otacm.security.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["operators"])
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = SessionDep
 
 
 def _user_out(user: User) -> UserOut:

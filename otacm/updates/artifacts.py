@@ -16,7 +16,8 @@ from types import TracebackType
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from otacm.db import unit_of_work, utcnow
+from otacm.config import Settings
+from otacm.db import is_postgresql, unit_of_work, utcnow
 from otacm.errors import Conflict, NotFound, OtacmError, ValidationFailed
 from otacm.security import audit
 from otacm.security.audit import Actor
@@ -65,6 +66,13 @@ class ReceivedFile:
     plaintext_length: int
     plaintext_sha256: str
     encrypted: bool
+    # SHA-256 of the data key the file was encrypted under (None when not encrypted): the
+    # update must still have that key when the file is attached.
+    key_fingerprint: str | None = None
+
+
+def key_fingerprint(data_key: bytes | None) -> str | None:
+    return hashlib.sha256(data_key).hexdigest() if data_key else None
 
 
 def check_declared_sha256(value: str | None) -> str | None:
@@ -106,14 +114,20 @@ class ArtifactReceiver:
         self._plain_length = 0
         self._stored_hash = hashlib.sha256() if data_key else None
         self._encryptor = StreamEncryptor(data_key) if data_key else None
+        self._key_fingerprint = key_fingerprint(data_key)
         self._writer: StorageWriter | None = None
         self._out: WriteBehind | None = None
         self._stored_length = 0
 
     def __enter__(self) -> ArtifactReceiver:
-        self._writer = self._storage.writer(self.storage_key)
-        self._writer.__enter__()
-        self._out = WriteBehind(self._writer)
+        writer = self._storage.writer(self.storage_key)
+        writer.__enter__()
+        try:
+            self._out = WriteBehind(writer)
+        except BaseException as exc:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._writer = writer
         return self
 
     def __exit__(
@@ -184,6 +198,7 @@ class ArtifactReceiver:
             plaintext_length=self._plain_length,
             plaintext_sha256=plain_sha256,
             encrypted=self._encryptor is not None,
+            key_fingerprint=self._key_fingerprint,
         )
 
 
@@ -206,13 +221,21 @@ def check_upload_allowed(session: Session, update_id: int, filename: str) -> Sof
 
 
 def attach(
-    session: Session, actor: Actor, update_id: int, filename: str, received: ReceivedFile
+    session: Session,
+    actor: Actor,
+    update_id: int,
+    filename: str,
+    received: ReceivedFile,
+    *,
+    settings: Settings,
 ) -> UpdateArtifact:
     """Record a received file as an artifact of its draft (checked again under the lock)."""
     update = service.get_update(session, update_id, lock=True)
     check_upload_allowed(session, update_id, filename)
-    if update.confidential != received.encrypted:
-        raise Conflict("the update's confidentiality changed during the upload; send it again")
+    if key_fingerprint(service.data_key_of(update, settings)) != received.key_fingerprint:
+        raise Conflict(
+            "the update's confidentiality or data key changed during the upload; send it again"
+        )
     now = utcnow()
     artifact = UpdateArtifact(
         update_id=update_id,
@@ -297,19 +320,24 @@ def cleanup_staging(
         if info.key not in referenced and info.modified_at < cutoff:
             storage.delete(info.key)
             orphans += 1
+    # Uploads a dead process never finished: temporary files, pending multipart uploads.
+    orphans += storage.sweep_incomplete(STAGING_PREFIX, cutoff)
     return CleanupReport(abandoned_artifacts=len(abandoned), orphaned_objects=orphans)
 
 
 def _expire_abandoned(session: Session, cutoff: datetime) -> list[str]:
+    stale = select(SoftwareUpdate.id).where(
+        SoftwareUpdate.state == UpdateState.DRAFT.value, SoftwareUpdate.updated_at < cutoff
+    )
+    if is_postgresql(session.get_bind().dialect):
+        # Locked, so that a release (which locks its draft first) cannot run meanwhile; a draft
+        # being released right now is skipped, and the state is checked again under the lock.
+        stale = stale.with_for_update(skip_locked=True)
+    drafts = list(session.scalars(stale))
+    if not drafts:
+        return []
     abandoned = list(
-        session.scalars(
-            select(UpdateArtifact)
-            .join(SoftwareUpdate, SoftwareUpdate.id == UpdateArtifact.update_id)
-            .where(
-                SoftwareUpdate.state == UpdateState.DRAFT.value,
-                SoftwareUpdate.updated_at < cutoff,
-            )
-        )
+        session.scalars(select(UpdateArtifact).where(UpdateArtifact.update_id.in_(drafts)))
     )
     for artifact in abandoned:
         session.delete(artifact)

@@ -165,7 +165,7 @@ def upload(
             received = receiver.finish()
         try:
             with unit_of_work(make_write_session_factory(engine)) as session:
-                artifacts.attach(session, actor, update_id, filename, received)
+                artifacts.attach(session, actor, update_id, filename, received, settings=settings)
         except BaseException:
             storage.delete(received.storage_key)
             raise

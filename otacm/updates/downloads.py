@@ -2,23 +2,25 @@
 
 Vehicles ask for `targets/<dir>/<sha256>.<name>` (TUF consistent snapshots) and verify every
 byte against the signed targets metadata, so these routes need no credentials. They support
-HEAD, single and multiple byte ranges (206, resumable downloads), `ETag` / `If-None-Match`
-(the ETag is the file's SHA-256) and stream in bounded memory. With S3 storage a download may
-be answered with a redirect to a short-lived presigned URL, so the bytes never pass through us.
+HEAD, byte ranges (206, resumable downloads; several ranges in one request only from local
+disk), `ETag` / `If-None-Match` (the ETag is the file's SHA-256) and stream in bounded memory.
+With S3 storage a GET may be answered with a redirect to a short-lived presigned URL, so the
+bytes never pass through us.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.concurrency import run_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from otacm.config import Settings
-from otacm.deps import get_session, get_settings, get_storage
+from otacm.deps import SessionDep, get_settings, get_storage
 from otacm.errors import NotFound
 from otacm.updates import repository
 from otacm.updates.models import UpdateArtifact
@@ -86,7 +88,7 @@ def parse_single_range(header: str, size: int) -> tuple[int, int] | None:
 async def download_target(
     path: str,
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     settings: Annotated[Settings, Depends(get_settings)],
     storage: Annotated[ArtifactStorage, Depends(get_storage)],
 ) -> Response:
@@ -98,6 +100,11 @@ async def download_target(
     local = storage.local_path(artifact.storage_key)
     if local is not None:
         return LargeChunkFileResponse(local, media_type=OCTET_STREAM, headers=headers)
+    if request.method == "HEAD":
+        # Answered here, not redirected: a presigned URL is signed for GET only.
+        size = str(artifact.length)
+        headers = {**headers, "content-length": size, "accept-ranges": "bytes"}
+        return Response(status_code=200, headers=headers, media_type=OCTET_STREAM)
     if settings.s3_presign_downloads:
         url = await run_in_threadpool(
             storage.presigned_url,
@@ -130,8 +137,19 @@ def _streamed(
     if request.method == "HEAD" or start == end:
         return Response(status_code=status, headers=headers, media_type=OCTET_STREAM)
     # Opened before the answer starts, so a missing object is a 404 rather than a cut-off 200.
+    stream = storage.read(artifact.storage_key, start, end)
+
+    async def body() -> AsyncIterator[bytes]:
+        # Closed however the answer ends: a client that goes away must not leave the
+        # connection to the object store open.
+        try:
+            async for chunk in iterate_in_threadpool(stream):
+                yield chunk
+        finally:
+            await run_in_threadpool(stream.close)
+
     return StreamingResponse(
-        storage.read(artifact.storage_key, start, end),
+        body(),
         status_code=status,
         headers=headers,
         media_type=OCTET_STREAM,

@@ -12,7 +12,12 @@ from starlette.requests import ClientDisconnect
 
 from otacm.config import Settings
 from otacm.db import unit_of_work, utcnow
-from otacm.deps import get_session, get_settings, get_storage, get_write_session
+from otacm.deps import (
+    SessionDep,
+    WriteSessionDep,
+    get_settings,
+    get_storage,
+)
 from otacm.fleet.records import FuelType, Protocol
 from otacm.security.auth import Principal, require
 from otacm.security.permissions import Permission
@@ -51,7 +56,7 @@ def _out(session: Session, request: Request, update_id: int) -> UpdateOut:
 def create_update(
     data: UpdateCreate,
     request: Request,
-    session: Annotated[Session, Depends(get_write_session)],
+    session: WriteSessionDep,
     settings: Annotated[Settings, Depends(get_settings)],
     principal: Annotated[Principal, Depends(require(Permission.UPDATES_WRITE))],
 ) -> UpdateOut:
@@ -63,7 +68,7 @@ def create_update(
 @router.get("/updates", response_model=UpdatePage)
 def list_updates(
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     _: Annotated[Principal, Depends(require(Permission.UPDATES_READ))],
     version: Annotated[str | None, Query(max_length=100)] = None,
     protocol: Annotated[list[Protocol], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
@@ -110,7 +115,7 @@ def list_updates(
 def get_update(
     update_id: int,
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     _: Annotated[Principal, Depends(require(Permission.UPDATES_READ))],
 ) -> UpdateOut:
     return _out(session, request, update_id)
@@ -121,7 +126,7 @@ def edit_update(
     update_id: int,
     changes: UpdateFields,
     request: Request,
-    session: Annotated[Session, Depends(get_write_session)],
+    session: WriteSessionDep,
     settings: Annotated[Settings, Depends(get_settings)],
     principal: Annotated[Principal, Depends(require(Permission.UPDATES_WRITE))],
 ) -> UpdateOut:
@@ -206,7 +211,7 @@ async def upload_artifact(
         expected_length=int(announced) if announced and announced.isdigit() else None,
         declared_sha256=sha256,
     )
-    await run_in_threadpool(receiver.__enter__)
+    await run_in_threadpool(receiver.__enter__)  # on failure it leaves nothing behind
     try:
         await _receive_into(request, receiver)
         received = await run_in_threadpool(receiver.finish)
@@ -218,7 +223,9 @@ async def upload_artifact(
     def record() -> ArtifactOut:
         try:
             with unit_of_work(write_factory) as session:
-                artifact = artifacts.attach(session, principal.actor, update_id, filename, received)
+                artifact = artifacts.attach(
+                    session, principal.actor, update_id, filename, received, settings=settings
+                )
                 return service.artifact_out(artifact, _base_url(request))
         except BaseException:
             storage.delete(received.storage_key)
@@ -268,7 +275,7 @@ def withdraw_update(
     update_id: int,
     body: WithdrawRequest,
     request: Request,
-    session: Annotated[Session, Depends(get_write_session)],
+    session: WriteSessionDep,
     principal: Annotated[Principal, Depends(require(Permission.UPDATES_RELEASE))],
 ) -> UpdateOut:
     """Take a released update out of use for new campaigns, with a reason."""

@@ -287,6 +287,30 @@ def _next_release_counter(session: Session, update: SoftwareUpdate) -> int:
     return counter
 
 
+def _publish(
+    storage: ArtifactStorage,
+    artifact: UpdateArtifact,
+    moved: list[tuple[str, str]],
+    duplicates: list[str],
+) -> None:
+    """Put a staged file at its published, content-addressed key `artifacts/<sha256>`.
+
+    A file with the same bytes may be published already (by another update, or this one's
+    earlier attempt that moved it and then failed to commit): then nothing moves, and that
+    object, which other releases may rely on, is never moved back.
+    """
+    published = f"artifacts/{artifact.sha256}"
+    if artifact.storage_key == published:
+        return
+    if storage.stat(published) is not None:
+        if storage.stat(artifact.storage_key) is not None:
+            duplicates.append(artifact.storage_key)
+    else:
+        storage.move(artifact.storage_key, published)
+        moved.append((artifact.storage_key, published))
+    artifact.storage_key = published
+
+
 def release(
     factory: sessionmaker[Session],
     actor: Actor,
@@ -301,7 +325,10 @@ def release(
     No byte of a file is read again: hashes were taken on upload, and the files move from
     staging to their published place by rename (local disk) or server-side copy (S3).
     """
+    # Files this release moved into place (undone if it fails), and staged copies of files
+    # already published by hash (removed once it committed).
     moved: list[tuple[str, str]] = []
+    duplicates: list[str] = []
     try:
         with unit_of_work(factory) as session:
             update = get_update(session, update_id, lock=True)
@@ -318,11 +345,7 @@ def release(
             _serialise_releases(session)
             update.release_counter = _next_release_counter(session, update)
             for artifact in artifacts:
-                published = f"artifacts/{artifact.sha256}"
-                if artifact.storage_key != published:
-                    storage.move(artifact.storage_key, published)
-                    moved.append((artifact.storage_key, published))
-                    artifact.storage_key = published
+                _publish(storage, artifact, moved, duplicates)
                 artifact.target_path = rules.target_path(update.id, artifact.filename)
             session.flush()
             signing.sign_release(session, settings, update, artifacts, now)
@@ -336,13 +359,16 @@ def release(
                        "artifacts": {a.filename: a.sha256 for a in artifacts}},
             )  # fmt: skip
             session.flush()
-            return update
     except BaseException:
         for source, published in reversed(moved):
             # Best effort: the error that stopped the release is the one to report.
             with suppress(Exception):
                 storage.move(published, source)
         raise
+    for staged in duplicates:
+        with suppress(Exception):  # a leftover is swept with the staging area
+            storage.delete(staged)
+    return update
 
 
 def withdraw(session: Session, actor: Actor, update_id: int, reason: str) -> SoftwareUpdate:

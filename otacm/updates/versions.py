@@ -73,6 +73,25 @@ def compare(a: str, b: str) -> int:
     return (ka > kb) - (ka < kb)
 
 
+def reading(version: str) -> tuple[Any, ...]:
+    """What a version says, without how it is written: 4.01 and 4.1 read the same."""
+    return version_key(version)[:-1]
+
+
+def compare_reading(a: str, b: str) -> int:
+    """-1, 0 or 1 as `a` reads older than, the same as, or newer than `b`: unlike `compare`,
+    versions written differently but reading the same (4.01, 4.1) are equal. Eligibility
+    decides by this: an ECU on 4.01 already has 4.1."""
+    ka, kb = reading(a), reading(b)
+    return (ka > kb) - (ka < kb)
+
+
+def reading_key(version: str) -> str:
+    """`sortable_version` without the tie-break on the text: equal for versions that read the
+    same, so it can key what is known per version."""
+    return sortable_version(version).split(" ", 1)[0]
+
+
 def sortable_version(version: str) -> str:
     """Text that sorts byte-wise like `version_key`: for an indexed database column."""
     out = []

@@ -24,6 +24,7 @@ from otacm.security.keys import KeyStore
 from otacm.security.tuf.repository import ImageRepository
 from otacm.updates import service
 from otacm.updates.storage import storage_from_settings
+from tests.builders import update_document
 from tests.updates.helpers import ARTIFACTS, UPDATES, create, error, rows, upload
 
 FIRMWARE = os.urandom(3 * 1024 * 1024 + 17)
@@ -307,6 +308,11 @@ def test_s3_storage_downloads_by_redirect_or_stream(
         s3_client_app.headers["Authorization"] = f"Bearer {make_operator('engineer')}"
         url = released(s3_client_app)["artifacts"][0]["download_url"]
         response = s3_client_app.get(url, follow_redirects=False)
+        head = s3_client_app.head(url, follow_redirects=False)
+        # HEAD is answered by otacm itself: a presigned URL is good for GET only.
+        assert head.status_code == 200
+        assert head.headers["content-length"] == str(len(FIRMWARE))
+        assert head.headers["etag"] == f'"{hashlib.sha256(FIRMWARE).hexdigest()}"'
         if presign:
             assert response.status_code == 307
             assert httpx.get(response.headers["location"]).content == FIRMWARE
@@ -375,3 +381,66 @@ def test_readiness_names_an_unusable_artifact_storage(
     assert answer.status_code == 503
     assert answer.json()["status"] == "storage_unavailable"
     assert "artifacts" in answer.json()["detail"]
+
+
+def test_a_failed_release_never_takes_another_updates_published_file(
+    client: TestClient,
+    engine: Engine,
+    settings: Settings,
+    signing: KeyStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = released(client)  # publishes artifacts/<sha256 of FIRMWARE>
+    second = create(client, version="4.3.0")
+    assert upload(client, second["id"], FIRMWARE).status_code == 201
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("signing failed")
+
+    monkeypatch.setattr("otacm.updates.signing.sign_release", broken)
+    with pytest.raises(RuntimeError, match="signing failed"):
+        client.post(f"/api/v1/updates/{second['id']}/release")
+    monkeypatch.undo()
+    # The first update's file is where it was, the second's staged copy too.
+    assert client.get(first["artifacts"][0]["download_url"]).content == FIRMWARE
+    [staged] = [r for r in rows(engine, ARTIFACTS) if r["update_id"] == second["id"]]
+    assert staged["storage_key"].startswith("staging/")
+    assert staged["storage_key"] in staged_files(settings)
+    # Released for real this time: both share the published object; the staged copy goes.
+    again = client.post(f"/api/v1/updates/{second['id']}/release")
+    assert again.status_code == 200, again.text
+    assert staged_files(settings) == [f"artifacts/{hashlib.sha256(FIRMWARE).hexdigest()}"]
+    assert client.get(again.json()["artifacts"][0]["download_url"]).content == FIRMWARE
+
+
+def test_a_failing_commit_is_an_error_not_a_success(
+    client: TestClient, settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request's transaction commits before the answer is sent: a commit that fails can
+    never have been reported as done."""
+    from sqlalchemy.orm import Session
+
+    drafted: list[int] = []
+    create_draft, commit = service.create_draft, Session.commit
+
+    def tracking_create(*args: Any, **kwargs: Any) -> Any:
+        update = create_draft(*args, **kwargs)
+        drafted.append(update.id)
+        return update
+
+    def failing_commit(self: Session) -> None:
+        if drafted:
+            raise RuntimeError("the disk is full")
+        commit(self)
+
+    from otacm.app import create_app
+
+    monkeypatch.setattr(service, "create_draft", tracking_create)
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    with TestClient(create_app(settings, engine), raise_server_exceptions=False) as plain:
+        plain.headers["Authorization"] = client.headers["Authorization"]
+        answer = plain.post("/api/v1/updates", json=update_document())
+    monkeypatch.undo()
+    assert answer.status_code == 500
+    assert drafted
+    assert rows(engine, UPDATES) == []

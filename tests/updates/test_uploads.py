@@ -388,7 +388,7 @@ def test_confidentiality_changed_during_an_upload_is_refused(
     with unit_of_work(factory) as session:
         service.edit_draft(session, ACTOR, draft["id"], UpdateFields(confidential=True), settings)
     with pytest.raises(Conflict, match="confidentiality"), unit_of_work(factory) as session:
-        artifacts.attach(session, ACTOR, draft["id"], "bcm.bin", received)
+        artifacts.attach(session, ACTOR, draft["id"], "bcm.bin", received, settings=settings)
     assert rows(engine, ARTIFACTS) == []
 
 
@@ -515,3 +515,26 @@ def test_many_abandoned_files_at_once(
     assert report == artifacts.CleanupReport(abandoned_artifacts=12, orphaned_objects=0)
     nothing_left = rows(engine, ARTIFACTS) == [] and stored_files(settings) == []
     assert nothing_left
+
+
+def test_a_file_encrypted_under_a_replaced_data_key_is_refused(
+    engine: Engine, settings: Settings, client: TestClient
+) -> None:
+    """Confidentiality switched off and on again while a file arrives: the update has a new
+    data key, and the file, encrypted under the old one, could never be decrypted."""
+    draft = create(client, confidential=True)
+    factory = make_write_session_factory(engine)
+    with unit_of_work(factory) as session:
+        old_key = service.data_key_of(service.get_update(session, draft["id"]), settings)
+    store = storage(settings)
+    with artifacts.ArtifactReceiver(store, max_bytes=10**6, data_key=old_key) as receiver:
+        receiver.feed(b"firmware")
+        received = receiver.finish()
+    for confidential in (False, True):
+        with unit_of_work(factory) as session:
+            service.edit_draft(
+                session, ACTOR, draft["id"], UpdateFields(confidential=confidential), settings
+            )
+    with pytest.raises(Conflict, match="data key"), unit_of_work(factory) as session:
+        artifacts.attach(session, ACTOR, draft["id"], "bcm.bin", received, settings=settings)
+    assert rows(engine, ARTIFACTS) == []

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
 
 from otacm.config import Settings
-from otacm.deps import get_session, get_settings
+from otacm.deps import SessionDep, get_settings
 from otacm.security.tuf.repository import ImageRepository, MetadataRepository
 
 router = APIRouter(prefix="/tuf/image", tags=["image repository"], include_in_schema=False)
@@ -65,7 +65,7 @@ def metadata_response(
 def image_metadata(
     filename: str,
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> Response:
     return metadata_response(ImageRepository(settings), session, filename, request)

@@ -249,5 +249,10 @@ class ArtifactStorage(ABC):
         client as `filename`; None when the backend cannot make one."""
 
     @abstractmethod
+    def sweep_incomplete(self, prefix: str, older_than: datetime) -> int:
+        """Remove what writers under `prefix` left unfinished before `older_than` (a process
+        that died mid-upload: local temporary files, S3 multipart uploads); how many."""
+
+    @abstractmethod
     def check(self) -> None:
         """Raise `StorageError` unless the backend is usable (for readiness checks)."""

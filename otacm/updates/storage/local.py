@@ -60,7 +60,12 @@ class LocalWriter(StorageWriter):
         except OSError as exc:
             raise StorageError(f"cannot write artifact {key!r}: {exc}") from exc
         self._temp = Path(temp)
-        self._file = DirectWriter(fd)
+        try:
+            self._file = DirectWriter(fd)
+        except BaseException:
+            os.close(fd)
+            self._temp.unlink(missing_ok=True)
+            raise
 
     def _write(self, data: Data) -> None:
         try:
@@ -197,6 +202,21 @@ class LocalStorage(ArtifactStorage):
     ) -> str | None:
         validate_key(key)
         return None
+
+    def sweep_incomplete(self, prefix: str, older_than: datetime) -> int:
+        validate_prefix(prefix)
+        directory, _, _ = prefix.rpartition("/")
+        base = self.root.joinpath(*directory.split("/")) if directory else self.root
+        removed = 0
+        for path in base.rglob(f"{TEMP_PREFIX}*.part") if base.is_dir() else ():
+            try:
+                modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                if modified < older_than:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # finished or removed meanwhile
+        return removed
 
     def check(self) -> None:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import urllib.parse
 from collections.abc import Iterator
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +281,24 @@ class S3Storage(ArtifactStorage):
                     yield ObjectInfo(key, item["Size"], item["LastModified"].astimezone(UTC))
         except (BotoCoreError, ClientError) as exc:
             raise self.failure(exc, f"list artifacts under {prefix!r}") from exc
+
+    def sweep_incomplete(self, prefix: str, older_than: datetime) -> int:
+        full_prefix = self.prefix + validate_prefix(prefix)
+        removed = 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=full_prefix
+            )
+            for page in pages:
+                for upload in page.get("Uploads", ()):
+                    if upload["Initiated"].astimezone(UTC) < older_than:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        removed += 1
+        except (BotoCoreError, ClientError) as exc:
+            raise self.failure(exc, f"sweep unfinished uploads under {prefix!r}") from exc
+        return removed
 
     def move(self, src: str, dst: str) -> None:
         source, target = self.object_name(src), self.object_name(dst)
