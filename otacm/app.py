@@ -22,6 +22,7 @@ from otacm.observability import RequestRecorder
 from otacm.observability import router as operations_router
 from otacm.security.endpoints import router as operators_router
 from otacm.security.tuf.endpoints import router as tuf_router
+from otacm.targeting.endpoints import router as targeting_router
 from otacm.updates.downloads import router as downloads_router
 from otacm.updates.endpoints import router as updates_router
 from otacm.updates.storage import storage_from_settings
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(operators_router)
     app.include_router(tuf_router)
     app.include_router(updates_router)
+    app.include_router(targeting_router)
     app.include_router(downloads_router)
     app.include_router(console_router)
     return app

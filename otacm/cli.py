@@ -143,6 +143,7 @@ def _register() -> None:
     from otacm.fleet.cli import fleet_app, vehicles_app
     from otacm.security.cli import audit_app, tokens_app, users_app
     from otacm.security.tuf.cli import keys_app
+    from otacm.targeting.cli import targeting_app
     from otacm.updates.cli import updates_app
 
     app.add_typer(fleet_app, name="fleet")
@@ -153,6 +154,7 @@ def _register() -> None:
     app.add_typer(audit_app, name="audit")
     app.add_typer(keys_app, name="keys")
     app.add_typer(updates_app, name="updates")
+    app.add_typer(targeting_app, name="targeting")
     app.command()(demo)
 
 

@@ -17,6 +17,10 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+RegistryOption = Annotated[
+    str,
+    typer.Option(help="A registry already filled (e.g. by a fleet import of a generated export)."),
+]
 RecordOption = Annotated[
     Path | None, typer.Option("--record", help="Append the results as Markdown to this file.")
 ]
@@ -62,12 +66,7 @@ def bench_import(
 
 @app.command("search")
 def bench_search(
-    database_url: Annotated[
-        str,
-        typer.Option(
-            help="A registry already filled (e.g. by a fleet import of a generated export)."
-        ),
-    ],
+    database_url: RegistryOption,
     record: RecordOption = None,
 ) -> None:
     """Vehicle search latency (GET /api/v1/vehicles) on an existing registry."""
@@ -102,3 +101,16 @@ def bench_artifacts(
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     _finish(report, record)
+
+
+@app.command("targeting")
+def bench_targeting(
+    database_url: RegistryOption,
+    record: RecordOption = None,
+) -> None:
+    """Targeting preview and per-vehicle view vs the plain selection query, on an existing
+    registry (a benchmark update is released into it)."""
+    from otacm.bench import targeting
+
+    command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    _finish(targeting.run(database_url=database_url, command=command), record)

@@ -23,6 +23,7 @@ class Permission(StrEnum):
     FLEET_EXPORT = "fleet.export"
     VEHICLE_WRITE = "vehicle.write"
     UPDATES_READ = "updates.read"
+    TARGETING_PREVIEW = "targeting.preview"
     UPDATES_WRITE = "updates.write"
     UPDATES_RELEASE = "updates.release"
     AUDIT_READ = "audit.read"
@@ -35,6 +36,7 @@ _READ = {
     Permission.FLEET_READ,
     Permission.FLEET_EXPORT,
     Permission.UPDATES_READ,
+    Permission.TARGETING_PREVIEW,
     Permission.AUDIT_READ,
     Permission.TOKENS_OWN,
 }

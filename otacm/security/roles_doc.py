@@ -12,6 +12,7 @@ DESCRIPTIONS = {
     Permission.UPDATES_READ: "read the update catalog and its files' details",
     Permission.UPDATES_WRITE: "create and edit draft updates, upload and delete their files",
     Permission.UPDATES_RELEASE: "release updates (signing them) and withdraw them",
+    Permission.TARGETING_PREVIEW: "preview which vehicles and ECUs updates reach, and why not",
     Permission.AUDIT_READ: "read and export the audit log",
     Permission.USERS_MANAGE: "create users, change roles, disable, set passwords, lift lockouts",
     Permission.TOKENS_OWN: "see who one is; create, list and revoke one's own API tokens",
