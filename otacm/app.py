@@ -38,11 +38,10 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
     # ("query", "fuel_type", 0) names the field fuel_type: sources and list indexes go.
-    location = [
-        str(p)
-        for p in first.get("loc", ())
-        if p not in ("body", "query", "path", "header") and not isinstance(p, int)
-    ]
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]  # where it came from, not a field: a body field may well be "query"
+    location = [str(p) for p in loc if not isinstance(p, int)]
     body: dict[str, Any] = {
         "error": "validation_failed",
         "detail": first.get("msg", "invalid request"),

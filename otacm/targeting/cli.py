@@ -40,6 +40,8 @@ def _request(
             selection = json.loads(selection_file.read_text())
         except (OSError, ValueError) as exc:
             raise typer.BadParameter(f"{selection_file}: {exc}") from None
+        if not isinstance(selection, dict):
+            raise typer.BadParameter(f"{selection_file}: expected a JSON object (the selection)")
     if query:
         selection["query"] = query
     try:

@@ -16,7 +16,7 @@ update's *stage*, and later stages are closer to eligible:
 | 6 | downgrade_blocked | installed not newer, nor released with a higher release counter |
 | 7 | already_up_to_date | installed does not read as the update's version (4.01 reads as 4.1) |
 | 8 | installed_version_not_applicable | installed in `applicable_versions` or range, if given |
-| 9 | dependency_unmet | each dependency met by an installed ECU or a selected update at stage 9+ |
+| 9 | dependency_unmet | each dependency met: see `dependency_met`, `resolve_dependencies` |
 | 10 | eligible | |
 
 With several ECUs of the type, the ECU that gets furthest decides. With several updates, the
@@ -28,7 +28,7 @@ is not active), `region_not_allowed` (the selection's region and country rules e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -273,6 +273,57 @@ def _installed_satisfies(ecus: Sequence[EcuFacts], rule: DependencyRule) -> bool
     return any(e.ecu_type == rule.ecu_type and rule.admits(e.software_version) for e in ecus)
 
 
+def dependency_met(
+    rule: DependencyRule,
+    provider: UpdateRule | None,
+    candidates: set[int],
+    eligible: set[int],
+    installed_satisfies: bool,
+) -> bool:
+    """One dependency, for a vehicle. When the selection carries an update for the depended-on
+    ECU type that fits the vehicle (a candidate), that ECU will run the update's version
+    afterwards: the dependency is met only if that version satisfies it and the update is
+    itself eligible. Otherwise the installed version decides."""
+    if provider is not None and provider.id in candidates:
+        return rule.admits(provider.version) and provider.id in eligible
+    return installed_satisfies
+
+
+def resolve_dependencies(
+    updates: Sequence[UpdateRule],
+    candidates: set[int],
+    provider_of: Mapping[str, UpdateRule],
+    installed_satisfies: Callable[[DependencyRule], bool],
+) -> set[int]:
+    """The candidates (stage 9+) whose dependencies all hold, built up from those that need
+    nothing of the selection: an update counts only once its providers do, so a chain whose
+    first link fails fails whole, and updates that need each other (a cycle, which no install
+    order can satisfy) stay `dependency_unmet`."""
+    eligible: set[int] = set()
+    while True:
+        added = {
+            u.id
+            for u in updates
+            if u.id in candidates
+            and u.id not in eligible
+            and all(
+                dependency_met(
+                    rule,
+                    provider_of.get(rule.ecu_type)
+                    if provider_of.get(rule.ecu_type) is not u
+                    else None,
+                    candidates,
+                    eligible,
+                    installed_satisfies(rule),
+                )
+                for rule in u.dependencies
+            )
+        }
+        if not added:
+            return eligible
+        eligible |= added
+
+
 def evaluate(
     vehicle: VehicleFacts,
     ecus: Sequence[EcuFacts],
@@ -286,23 +337,16 @@ def evaluate(
     counters = known_counters or {}
     early = _stage_before_dependencies
     before = {u.id: early(vehicle, ecus, u, counters, allow_downgrade) for u in updates}
+    candidates = {u.id for u in updates if before[u.id][0] >= AWAITING_DEPENDENCIES}
+    provider_of = {u.ecu_type: u for u in updates}
+    eligible = resolve_dependencies(
+        updates, candidates, provider_of, lambda rule: _installed_satisfies(ecus, rule)
+    )
     decisions: list[UpdateDecision] = []
     for update in updates:
         stage, serials = before[update.id]
-        if stage == AWAITING_DEPENDENCIES:
-            met = all(
-                _installed_satisfies(ecus, rule)
-                or any(
-                    other.id != update.id
-                    and other.ecu_type == rule.ecu_type
-                    and rule.admits(other.version)
-                    and before[other.id][0] >= AWAITING_DEPENDENCIES
-                    for other in updates
-                )
-                for rule in update.dependencies
-            )
-            if met:
-                stage = ELIGIBLE
+        if update.id in eligible:
+            stage = ELIGIBLE
         reason = STAGES[stage - 1]
         decisions.append(
             UpdateDecision(update.id, reason, serials if reason is Reason.ELIGIBLE else ())

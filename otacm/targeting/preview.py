@@ -11,10 +11,12 @@ breakdowns are read; the full list is streamed from the same query without one.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Column,
@@ -24,7 +26,9 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Text,
     and_,
+    any_,
     case,
     exists,
     false,
@@ -36,10 +40,12 @@ from sqlalchemy import (
     text,
     true,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
 from otacm.db import is_postgresql
-from otacm.fleet.models import Ecu, Vehicle
+from otacm.fleet.models import BigId, Ecu, Vehicle
 from otacm.targeting.eligibility import (
     AWAITING_DEPENDENCIES,
     ELIGIBLE,
@@ -155,6 +161,33 @@ def make_plan(
     return PreviewPlan(updates, classes, dependency_versions, regions, installed)
 
 
+# Lists up to this long are bound value by value; longer ones as one parameter (an array on
+# PostgreSQL, JSON for SQLite's json_each), which no database parameter limit can refuse.
+SHORT_LIST = 64
+
+
+def _one_of(column: Any, values: Sequence[str], postgres: bool) -> ColumnElement[bool]:
+    if len(values) <= SHORT_LIST:
+        return cast(ColumnElement[bool], column.in_(values))
+    if postgres:
+        return cast(ColumnElement[bool], column == any_(literal(list(values), ARRAY(Text))))
+    each = func.json_each(literal(json.dumps(list(values)), Text)).table_valued("value")
+    return cast(ColumnElement[bool], column.in_(select(each.c.value)))
+
+
+def _position(column: Any, versions: Sequence[str], postgres: bool) -> ColumnElement[int]:
+    """1 + the index of `column` in `versions`, 0 when absent."""
+    if not versions:
+        return literal(0)
+    if len(versions) <= SHORT_LIST:
+        return case({v: n for n, v in enumerate(versions, start=1)}, value=column, else_=0)
+    if postgres:
+        return func.coalesce(func.array_position(literal(list(versions), ARRAY(Text)), column), 0)
+    each = func.json_each(literal(json.dumps(list(versions)), Text)).table_valued("key", "value")
+    found = select(each.c.key + 1).where(each.c.value == column).scalar_subquery()
+    return func.coalesce(found, 0)
+
+
 def _stage_before_dependencies(
     plan: PreviewPlan, update: UpdateRule, lateral: bool
 ) -> tuple[ColumnElement[int], Any]:
@@ -162,6 +195,8 @@ def _stage_before_dependencies(
     and, with `lateral`, the LATERAL subquery the expression reads, to be joined in."""
     ecu = aliased(Ecu)
     found = plan.classes[update.id]
+    postgres = lateral
+    installed = ecu.software_version
     ecu_stage = case(
         (
             or_(
@@ -171,13 +206,12 @@ def _stage_before_dependencies(
             STAGE[Reason.HARDWARE_INCOMPATIBLE],
         ),
         (ecu.protocol != update.protocol, STAGE[Reason.PROTOCOL_MISMATCH]),
-        (ecu.software_version.in_(found.downgrade), STAGE[Reason.DOWNGRADE_BLOCKED]),
-        (ecu.software_version.in_(found.up_to_date), STAGE[Reason.ALREADY_UP_TO_DATE]),
-        (ecu.software_version.in_(found.applicable), AWAITING_DEPENDENCIES),
+        (_one_of(installed, found.downgrade, postgres), STAGE[Reason.DOWNGRADE_BLOCKED]),
+        (_one_of(installed, found.up_to_date, postgres), STAGE[Reason.ALREADY_UP_TO_DATE]),
+        (_one_of(installed, found.applicable, postgres), AWAITING_DEPENDENCIES),
         else_=STAGE[Reason.INSTALLED_VERSION_NOT_APPLICABLE],
     )
-    positions = {version: n for n, version in enumerate(plan.installed[update.id], start=1)}
-    position = case(positions, value=ecu.software_version, else_=0) if positions else literal(0)
+    position = _position(ecu.software_version, plan.installed[update.id], postgres)
     furthest = select(func.max(ecu_stage * VERSION_SLOTS + position).label("best")).where(
         ecu.vehicle_id == Vehicle.id,
         ecu.ecu_type == update.ecu_type,
@@ -201,7 +235,9 @@ def _stage_before_dependencies(
     return stage, joined
 
 
-def _installed_dependency(ecu_type: str, satisfying: list[str]) -> ColumnElement[bool]:
+def _installed_dependency(
+    ecu_type: str, satisfying: list[str], postgres: bool
+) -> ColumnElement[bool]:
     if not satisfying:
         return false()
     dep = aliased(Ecu)
@@ -210,7 +246,7 @@ def _installed_dependency(ecu_type: str, satisfying: list[str]) -> ColumnElement
             dep.vehicle_id == Vehicle.id,
             dep.ecu_type == ecu_type,
             dep.removed_at.is_(None),
-            dep.software_version.in_(satisfying),
+            _one_of(dep.software_version, satisfying, postgres),
         )
     )
 
@@ -226,6 +262,44 @@ def _region_refused(rule: RegionRule, region: Any, country: Any) -> ColumnElemen
     if rule.excluded_countries:
         refused.append(country.in_(sorted(rule.excluded_countries)))
     return or_(*refused) if refused else false()
+
+
+def _resolve_dependencies(plan: PreviewPlan, per_vehicle: Any) -> tuple[Any, dict[int, str]]:
+    """`eligibility.resolve_dependencies` in SQL: the least fixpoint, one nested subquery per
+    pass (each pass can only add updates whose providers became eligible in the one before, so
+    a chain of n links settles within n passes). Returns the last layer's columns and, per
+    update, the name of its "eligible" column there."""
+    provider_of = {u.ecu_type: u for u in plan.updates}
+    chained = sum(
+        1
+        for u in plan.updates
+        if any(provider_of.get(r.ecu_type) not in (None, u) for r in u.dependencies)
+    )
+    layer = per_vehicle
+    previous: dict[int, ColumnElement[bool]] = {u.id: false() for u in plan.updates}
+    names: dict[int, str] = {}
+    for number in range(chained + 1):
+        c = layer.c
+        candidate = {
+            u.id: c[f"s{u.id}"] // VERSION_SLOTS >= AWAITING_DEPENDENCIES for u in plan.updates
+        }
+        columns: list[Any] = []
+        for update in plan.updates:
+            met: list[ColumnElement[bool]] = []
+            for k, rule in enumerate(update.dependencies):
+                installed = c[f"d{update.id}_{k}"]
+                provider = provider_of.get(rule.ecu_type)
+                if provider is None or provider is update:
+                    met.append(installed)
+                    continue
+                # The provider, if it fits the vehicle, sets the version the ECU will run.
+                provides = and_(literal(rule.admits(provider.version)), previous[provider.id])
+                met.append(case((candidate[provider.id], provides), else_=installed))
+            names[update.id] = f"e{update.id}_{number}"
+            columns.append(and_(candidate[update.id], *met).label(names[update.id]))
+        layer = select(*c, *columns).subquery(f"dependencies_{number}")
+        previous = {u.id: layer.c[names[u.id]] for u in plan.updates}
+    return layer.c, names
 
 
 def vehicle_query(
@@ -257,7 +331,9 @@ def vehicle_query(
             zip(update.dependencies, plan.dependency_versions[update.id], strict=True)
         ):
             columns.append(
-                _installed_dependency(rule.ecu_type, satisfying).label(f"d{update.id}_{k}")
+                _installed_dependency(rule.ecu_type, satisfying, postgres).label(
+                    f"d{update.id}_{k}"
+                )
             )
     rows = select(*columns).select_from(Vehicle)
     for joined in laterals:
@@ -268,26 +344,15 @@ def vehicle_query(
         if postgres
         else rows.cte("per_vehicle").prefix_with("MATERIALIZED")
     )
-    c = per_vehicle.c
+    c, eligible = _resolve_dependencies(plan, per_vehicle)
     finals: list[ColumnElement[int]] = []
-    stages = {u.id: c[f"s{u.id}"] // VERSION_SLOTS for u in plan.updates}
     for update in plan.updates:
-        stage = stages[update.id]
-        met: list[ColumnElement[bool]] = []
-        for k, rule in enumerate(update.dependencies):
-            providers = [
-                stages[other.id] >= AWAITING_DEPENDENCIES
-                for other in plan.updates
-                if other.id != update.id
-                and other.ecu_type == rule.ecu_type
-                and rule.admits(other.version)
-            ]
-            met.append(or_(c[f"d{update.id}_{k}"], *providers))
+        stage = c[f"s{update.id}"] // VERSION_SLOTS
         finals.append(
             case(
-                (stage < AWAITING_DEPENDENCIES, stage),
-                (and_(*met) if met else literal(True), ELIGIBLE),
-                else_=AWAITING_DEPENDENCIES,
+                (c[eligible[update.id]], ELIGIBLE),
+                (stage >= AWAITING_DEPENDENCIES, AWAITING_DEPENDENCIES),
+                else_=stage,
             )
         )
     if len(finals) == 1:
@@ -356,7 +421,7 @@ def run_preview(
     table = Table(
         f"targeting_preview_{uuid.uuid4().hex[:12]}",
         MetaData(),
-        Column("vehicle_id", Integer, primary_key=True),
+        Column("vehicle_id", BigId, primary_key=True, autoincrement=False),
         Column("vin", String(17)),
         Column("model", String(100)),
         Column("model_year", Integer),
@@ -377,7 +442,10 @@ def run_preview(
         )
         return _read_counts(session, table, plan, sample_size)
     finally:
-        table.drop(connection)
+        # After a failed statement PostgreSQL refuses everything until rollback, which drops
+        # the table anyway; the drop must not replace the real error.
+        with suppress(DBAPIError):
+            table.drop(connection)
 
 
 def _read_counts(

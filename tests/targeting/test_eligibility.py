@@ -877,13 +877,34 @@ def test_an_up_to_date_selected_update_does_not_meet_but_the_installed_version_d
     assert decision_of(decision, 1) is Reason.ELIGIBLE
 
 
-def test_a_selected_update_waiting_for_its_own_dependency_still_meets_one() -> None:
-    # Documented: another update of the selection meets a dependency when it *reaches stage 9*,
-    # whether or not its own dependencies are met.
+def test_a_selected_update_waiting_for_its_own_dependency_meets_none() -> None:
+    # A provider counts only once it is itself eligible: a chain whose first link fails fails
+    # whole, or the dependent would be installed next to the old version.
     g = gw_update(dependencies=(DependencyRule("ABS", "9.0.0"),))
     decision = evaluate(vehicle(), [bcm(), gateway("2.0.0")], [needs_gateway(), g])
     assert decision_of(decision, 2) is Reason.DEPENDENCY_UNMET
-    assert decision_of(decision, 1) is Reason.ELIGIBLE
+    assert decision_of(decision, 1) is Reason.DEPENDENCY_UNMET
+
+
+def test_a_chain_of_dependencies_resolves_from_its_first_link() -> None:
+    abs_update = update(id=3, ecu_type="ABS", version="9.0.0")
+    g = gw_update(dependencies=(DependencyRule("ABS", "9.0.0"),))
+    ecus = [bcm(), gateway("2.0.0"), bcm(ecu_type="ABS", serial="ABS-1", software_version="8.0.0")]
+    decision = evaluate(vehicle(), ecus, [needs_gateway(), g, abs_update])
+    assert [d.reason for d in decision.updates] == [Reason.ELIGIBLE] * 3
+    assert install_order([needs_gateway(), g, abs_update], {}) == [3, 2, 1]
+
+
+def test_an_installed_dependency_broken_by_a_selected_update_is_unmet() -> None:
+    # The gateway is on 3.5.0 (enough), but the selection also takes it to 4.0.0, above the
+    # dependency's maximum: after the campaign the dependency would not hold.
+    capped = update(dependencies=(DependencyRule("GW", "3.0.0", "3.9.9"),))
+    newer_gateway = gw_update(version="4.0.0")
+    ecus = [bcm(), gateway("3.5.0")]
+    assert reason_of(vehicle(), ecus, capped) is Reason.ELIGIBLE
+    decision = evaluate(vehicle(), ecus, [capped, newer_gateway])
+    assert decision_of(decision, capped.id) is Reason.DEPENDENCY_UNMET
+    assert decision_of(decision, newer_gateway.id) is Reason.ELIGIBLE
 
 
 def test_an_update_never_meets_its_own_dependency() -> None:
@@ -925,8 +946,9 @@ def test_mutual_dependencies_between_two_selected_updates() -> None:
     b = gw_update(dependencies=(DependencyRule("BCM", "2.0.0"),))
     ecus = [bcm(), gateway("2.0.0")]
     decision = evaluate(vehicle(), ecus, [a, b])
-    assert decision.reason is Reason.ELIGIBLE
-    assert [d.reason for d in decision.updates] == [Reason.ELIGIBLE, Reason.ELIGIBLE]
+    # No install order satisfies a cycle: neither goes.
+    assert decision.reason is Reason.DEPENDENCY_UNMET
+    assert [d.reason for d in decision.updates] == [Reason.DEPENDENCY_UNMET] * 2
     # Either alone waits for the other.
     assert reason_of(vehicle(), ecus, a) is Reason.DEPENDENCY_UNMET
     assert reason_of(vehicle(), ecus, b) is Reason.DEPENDENCY_UNMET

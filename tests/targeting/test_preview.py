@@ -429,3 +429,65 @@ def test_a_bad_query_answers_with_its_position(client: TestClient, fleet: None) 
     assert body["field"] == "query"
     assert body["position"] == 23
     assert "==" in body["expected"]
+
+
+@pytest.mark.parametrize("abs_version", ["8.0.0", "9.0.0"])
+def test_chains_and_cycles_of_dependencies_agree_with_the_rules(
+    factory: Callable[[], Any], abs_version: str
+) -> None:
+    """BCM needs GATEWAY ≥ 3.2, the gateway update needs ABS ≥ 9, the ABS update needs the
+    BCM 5 of the selection (a cycle through all three)."""
+    with factory() as session:
+        for n, installed in enumerate(["3.0.0", "3.5.0"]):
+            v = add_vehicle(session, n)
+            add_ecu(session, v, "BCM", software_version="4.0.0")
+            add_ecu(session, v, "GATEWAY", software_version=installed)
+            add_ecu(session, v, "ABS", software_version=abs_version)
+        add_update(
+            session, 1, version="5.0.0",
+            dependencies=[{"ecu_type": "GATEWAY", "min_version": "3.2.0"}],
+        )  # fmt: skip
+        add_update(
+            session, 2, ecu_type="GATEWAY", version="3.2.0",
+            dependencies=[{"ecu_type": "ABS", "min_version": "9.0.0"}],
+        )  # fmt: skip
+        add_update(
+            session, 3, ecu_type="ABS", version="9.0.0",
+            dependencies=[{"ecu_type": "BCM", "min_version": "5.0.0"}],
+        )  # fmt: skip
+    for ids in ([1, 2], [1, 2, 3], [2, 3], [1]):
+        request = PreviewRequest(update_ids=ids)
+        with factory() as session:
+            expected = expected_reasons(session, request, RegionRule())
+            assert sql_reasons(session, request) == expected, ids
+
+
+def test_many_distinct_installed_versions_are_bound_as_one_list(
+    factory: Callable[[], Any],
+) -> None:
+    """Past SHORT_LIST versions the lists travel as one parameter (an array, or JSON)."""
+    count = preview.SHORT_LIST * 2 + 5
+    with factory() as session:
+        for n in range(count):
+            v = add_vehicle(session, n)
+            add_ecu(session, v, "BCM", software_version=f"4.0.{n}")
+            add_ecu(session, v, "GATEWAY", software_version=f"3.{n}.0")
+        add_update(
+            session, 1, version=f"4.0.{count // 2}", applicable_version_min="4.0.10",
+            dependencies=[{"ecu_type": "GATEWAY", "min_version": "3.20.0"}],
+        )  # fmt: skip
+    request = PreviewRequest(update_ids=[1])
+    with factory() as session:
+        expected = expected_reasons(session, request, RegionRule())
+        assert sql_reasons(session, request) == expected
+        out = service.run_preview(session, request)
+    assert {r.reason for r in out.reasons} == {
+        Reason.ELIGIBLE,
+        Reason.DEPENDENCY_UNMET,
+        Reason.INSTALLED_VERSION_NOT_APPLICABLE,
+        Reason.ALREADY_UP_TO_DATE,
+        Reason.DOWNGRADE_BLOCKED,
+    }
+    versions = out.installed_versions[0].versions
+    assert len(versions) == count
+    assert versions[f"4.0.{count // 2}"] == {Reason.ALREADY_UP_TO_DATE: 1}
