@@ -1,0 +1,1 @@
+"""Campaigns: creation, approval, scheduling and the rollout engine."""
