@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # zero turns it off (tests run it by hand).
     maintenance_interval: timedelta = timedelta(minutes=5)
 
+    # Campaigns need a second campaign manager's approval; off only for a single-operator demo.
+    campaign_four_eyes: bool = True
+
     def resolved_storage_path(self) -> Path:
         return self.storage_path or self.data_dir / "artifacts"
 

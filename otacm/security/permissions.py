@@ -24,6 +24,9 @@ class Permission(StrEnum):
     VEHICLE_WRITE = "vehicle.write"
     UPDATES_READ = "updates.read"
     TARGETING_PREVIEW = "targeting.preview"
+    CAMPAIGNS_READ = "campaigns.read"
+    CAMPAIGNS_WRITE = "campaigns.write"
+    CAMPAIGNS_APPROVE = "campaigns.approve"
     UPDATES_WRITE = "updates.write"
     UPDATES_RELEASE = "updates.release"
     AUDIT_READ = "audit.read"
@@ -37,6 +40,7 @@ _READ = {
     Permission.FLEET_EXPORT,
     Permission.UPDATES_READ,
     Permission.TARGETING_PREVIEW,
+    Permission.CAMPAIGNS_READ,
     Permission.AUDIT_READ,
     Permission.TOKENS_OWN,
 }
@@ -45,7 +49,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.FLEET_ADMIN: frozenset(_READ | {Permission.FLEET_IMPORT, Permission.VEHICLE_WRITE}),
     Role.ENGINEER: frozenset(_READ | {Permission.UPDATES_WRITE, Permission.UPDATES_RELEASE}),
-    Role.CAMPAIGN_MANAGER: frozenset(_READ),
+    Role.CAMPAIGN_MANAGER: frozenset(
+        _READ | {Permission.CAMPAIGNS_WRITE, Permission.CAMPAIGNS_APPROVE}
+    ),
     Role.VIEWER: frozenset(_READ),
 }
 

@@ -1,0 +1,136 @@
+"""HTTP endpoints of campaigns: definition and the four-eyes approval."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from otacm.campaigns import service
+from otacm.campaigns.models import Campaign
+from otacm.campaigns.schemas import (
+    CampaignCreate,
+    CampaignFields,
+    CampaignOut,
+    CampaignPage,
+    CampaignState,
+    Decision,
+    Rejection,
+)
+from otacm.config import Settings
+from otacm.deps import SessionDep, WriteSessionDep, get_settings
+from otacm.fleet.repository import decode_cursor, encode_cursor
+from otacm.security.auth import Principal, require
+from otacm.security.permissions import Permission
+
+router = APIRouter(prefix="/api/v1", tags=["campaigns"])
+
+
+def _out(session: Session, campaign: Campaign) -> CampaignOut:
+    return service.out(campaign, service.update_ids_of(session, [campaign.id])[campaign.id])
+
+
+@router.post("/campaigns", response_model=CampaignOut, status_code=201)
+def create_campaign(
+    data: CampaignCreate,
+    session: WriteSessionDep,
+    principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+) -> CampaignOut:
+    """Define a campaign as a draft: released updates, target selection, regions, schedule,
+    priority, consent, the user notice and the rollout policy."""
+    return _out(session, service.create(session, principal.actor, data))
+
+
+@router.get("/campaigns", response_model=CampaignPage)
+def list_campaigns(
+    session: SessionDep,
+    _: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_READ))],
+    state: Annotated[list[CampaignState], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: str | None = None,
+) -> CampaignPage:
+    """Campaigns, newest first."""
+    query = select(Campaign).order_by(Campaign.id.desc())
+    if state:
+        query = query.where(Campaign.state.in_([s.value for s in state]))
+    if cursor:
+        query = query.where(Campaign.id < decode_cursor(cursor))
+    rows = list(session.scalars(query.limit(limit + 1)))
+    page = rows[:limit]
+    updates = service.update_ids_of(session, [c.id for c in page])
+    return CampaignPage(
+        items=[service.out(c, updates[c.id]) for c in page],
+        next_cursor=encode_cursor(page[-1].id) if len(rows) > limit else None,
+    )
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut)
+def get_campaign(
+    campaign_id: int,
+    session: SessionDep,
+    _: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_READ))],
+) -> CampaignOut:
+    return _out(session, service.get(session, campaign_id))
+
+
+@router.patch("/campaigns/{campaign_id}", response_model=CampaignOut)
+def edit_campaign(
+    campaign_id: int,
+    changes: CampaignFields,
+    session: WriteSessionDep,
+    principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+) -> CampaignOut:
+    """Change the fields sent; a rejected campaign becomes a draft again."""
+    return _out(session, service.edit(session, principal.actor, campaign_id, changes))
+
+
+@router.post("/campaigns/{campaign_id}/submit", response_model=CampaignOut)
+def submit_campaign(
+    campaign_id: int,
+    session: WriteSessionDep,
+    principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+) -> CampaignOut:
+    """Ask another campaign manager to approve it."""
+    return _out(session, service.submit(session, principal.actor, campaign_id))
+
+
+@router.post("/campaigns/{campaign_id}/approve", response_model=CampaignOut)
+def approve_campaign(
+    campaign_id: int,
+    body: Decision,
+    session: WriteSessionDep,
+    settings: Annotated[Settings, Depends(get_settings)],
+    principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_APPROVE))],
+) -> CampaignOut:
+    """Approve a submitted campaign (not one's own, under the four-eyes rule)."""
+    campaign = service.decide(
+        session,
+        principal.actor,
+        campaign_id,
+        approve=True,
+        comment=body.comment,
+        four_eyes=settings.campaign_four_eyes,
+    )
+    return _out(session, campaign)
+
+
+@router.post("/campaigns/{campaign_id}/reject", response_model=CampaignOut)
+def reject_campaign(
+    campaign_id: int,
+    body: Rejection,
+    session: WriteSessionDep,
+    settings: Annotated[Settings, Depends(get_settings)],
+    principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_APPROVE))],
+) -> CampaignOut:
+    """Send a submitted campaign back, saying why."""
+    campaign = service.decide(
+        session,
+        principal.actor,
+        campaign_id,
+        approve=False,
+        comment=body.comment,
+        four_eyes=settings.campaign_four_eyes,
+    )
+    return _out(session, campaign)

@@ -1,0 +1,63 @@
+"""Tables of campaigns: what a campaign carries, whom it targets, how it rolls out, who approved.
+
+The selection, region rules, user notice and rollout policy (waves, retries, timeouts,
+maintenance windows) are JSON documents validated by their schemas (`otacm.targeting.selection`,
+`otacm.campaigns.policy`, `otacm.campaigns.schemas`): they are read and written whole.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from otacm.db import Base, JSONDocument, UTCDateTime
+from otacm.fleet.models import BigId
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+    __table_args__ = (Index("ix_campaigns_state_priority", "state", "priority"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), index=True)
+    category: Mapped[str] = mapped_column(String(32))
+    # immediate | scheduled
+    urgency: Mapped[str] = mapped_column(String(16))
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    priority: Mapped[int] = mapped_column(Integer)
+    # draft → pending_approval → approved (→ launched later); pending_approval → rejected → draft
+    state: Mapped[str] = mapped_column(String(24))
+    selection: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    regions: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    consent_required: Mapped[bool] = mapped_column(default=True)
+    # {"en": {"purpose": ..., "what_changes": ..., ...}, "de": {...}}
+    user_notice: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    rollout: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict)
+    # The vehicle count the submitter saw in the preview: launching checks it again.
+    expected_vehicles: Mapped[int | None] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id"))
+    # normal | retry | rollback
+    kind: Mapped[str] = mapped_column(String(16), default="normal")
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    submitted_by: Mapped[str | None] = mapped_column(String(200))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decided_by: Mapped[str | None] = mapped_column(String(200))
+    decision_comment: Mapped[str | None] = mapped_column(Text)
+
+
+class CampaignUpdate(Base):
+    """A released update a campaign carries (one per ECU type)."""
+
+    __tablename__ = "campaign_updates"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    update_id: Mapped[int] = mapped_column(ForeignKey("software_updates.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,191 @@
+"""Defining campaigns and the four-eyes approval, through the API, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from otacm.app import create_app
+from otacm.config import Settings
+from otacm.db import make_session_factory, unit_of_work
+from tests.targeting.test_preview import add_update
+
+NOTICE = {
+    "en": {
+        "purpose": "Fixes the interior light timeout.",
+        "what_changes": "The light switches off 30 s after locking.",
+        "expected_duration_minutes": 12,
+        "functions_unavailable": ["driving", "charging"],
+        "instructions": "Park the vehicle and switch the ignition off.",
+    }
+}
+
+
+def campaign(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "name": "BCM light fix EU",
+        "category": "bug_fix",
+        "urgency": "immediate",
+        "priority": 600,
+        "update_ids": [1],
+        "selection": {"query": "region==EU"},
+        "regions": {"allowed_regions": ["EU"]},
+        "user_notice": NOTICE,
+        "rollout": {"waves": {"steps": [{"percent": 10}, {"percent": 100}]}},
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def released(engine: Engine) -> None:
+    with unit_of_work(make_session_factory(engine)) as session:
+        add_update(session, 1)
+        add_update(session, 2, ecu_type="GATEWAY", state="draft")
+
+
+@pytest.fixture
+def as_role(
+    settings: Settings, engine: Engine, make_operator: Callable[..., str]
+) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(role: str, name: str | None = None, **changes: Any) -> TestClient:
+        app = create_app(settings.model_copy(update=changes), engine)
+        client = TestClient(app)
+        client.__enter__()
+        client.headers["Authorization"] = f"Bearer {make_operator(role, name)}"
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def error(response: Any, status: int, code: str, field: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"] == code, response.text
+    if field is not None:
+        assert response.json().get("field") == field, response.text
+
+
+def test_a_campaign_is_defined_submitted_and_approved_by_another_manager(
+    released: None, as_role: Callable[..., TestClient]
+) -> None:
+    alice = as_role("campaign_manager", "alice")
+    bob = as_role("campaign_manager", "bob")
+    created = alice.post("/api/v1/campaigns", json=campaign())
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["state"] == "draft"
+    assert body["update_ids"] == [1]
+    assert body["rollout"]["waves"]["steps"][0]["percent"] == 10
+    cid = body["id"]
+    assert alice.post(f"/api/v1/campaigns/{cid}/submit").json()["state"] == "pending_approval"
+    error(alice.post(f"/api/v1/campaigns/{cid}/approve", json={}), 403, "four_eyes_required")
+    approved = bob.post(f"/api/v1/campaigns/{cid}/approve", json={"comment": "checked"})
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["state"] == "approved"
+    assert approved.json()["decided_by"] == "bob"
+    error(
+        alice.patch(f"/api/v1/campaigns/{cid}", json={"priority": 1}),
+        409,
+        "campaign_state_conflict",
+    )
+    audit = bob.get("/api/v1/audit", params={"object_type": "campaign"}).json()["items"]
+    assert {e["action"] for e in audit} >= {
+        "campaign.create",
+        "campaign.submit",
+        "campaign.approve",
+    }
+
+
+def test_a_rejected_campaign_is_edited_back_to_draft_and_resubmitted(
+    released: None, as_role: Callable[..., TestClient]
+) -> None:
+    alice = as_role("campaign_manager", "alice")
+    bob = as_role("campaign_manager", "bob")
+    cid = alice.post("/api/v1/campaigns", json=campaign()).json()["id"]
+    alice.post(f"/api/v1/campaigns/{cid}/submit")
+    error(
+        bob.post(f"/api/v1/campaigns/{cid}/reject", json={"comment": ""}), 422, "validation_failed"
+    )
+    rejected = bob.post(f"/api/v1/campaigns/{cid}/reject", json={"comment": "wrong region"})
+    assert rejected.json()["state"] == "rejected"
+    assert rejected.json()["decision_comment"] == "wrong region"
+    edited = alice.patch(f"/api/v1/campaigns/{cid}", json={"regions": {"allowed_regions": ["NA"]}})
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["state"] == "draft"
+    assert alice.post(f"/api/v1/campaigns/{cid}/submit").json()["state"] == "pending_approval"
+
+
+def test_without_four_eyes_one_operator_approves_their_own(
+    released: None, as_role: Callable[..., TestClient]
+) -> None:
+    solo = as_role("campaign_manager", "solo", campaign_four_eyes=False)
+    cid = solo.post("/api/v1/campaigns", json=campaign()).json()["id"]
+    solo.post(f"/api/v1/campaigns/{cid}/submit")
+    assert solo.post(f"/api/v1/campaigns/{cid}/approve", json={}).json()["state"] == "approved"
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "code", "field"),
+    [
+        ({"urgency": "scheduled"}, 422, "validation_failed", "starts_at"),
+        ({"consent_required": False}, 422, "validation_failed", "consent_required"),
+        ({"update_ids": [2]}, 409, "update_not_targetable", "update_ids"),
+        ({"update_ids": [99]}, 404, "not_found", "update_ids"),
+        ({"priority": 0}, 422, "validation_failed", "priority"),
+        ({"user_notice": {}}, 422, "validation_failed", "user_notice"),
+        ({"selection": {"query": "model=Nordra"}}, 422, "invalid_query", "query"),
+        ({"ends_at": "2020-01-01T00:00:00+00:00"}, 422, "validation_failed", "ends_at"),
+        ({"rollout": {"waves": {"steps": [{"percent": 50}, {"percent": 10}]}}}, 422, None, None),
+    ],
+)
+def test_bad_campaigns_are_refused_naming_the_field(
+    released: None,
+    as_role: Callable[..., TestClient],
+    changes: dict[str, Any],
+    status: int,
+    code: str | None,
+    field: str | None,
+) -> None:
+    alice = as_role("campaign_manager", "alice")
+    response = alice.post("/api/v1/campaigns", json=campaign(**changes))
+    assert response.status_code == status, response.text
+    if code is not None:
+        error(response, status, code, field)
+    assert alice.get("/api/v1/campaigns").json()["items"] == []
+
+
+def test_an_immediate_recall_may_skip_consent_and_names_are_unique_among_active(
+    released: None, as_role: Callable[..., TestClient]
+) -> None:
+    alice = as_role("campaign_manager", "alice")
+    recall = alice.post(
+        "/api/v1/campaigns", json=campaign(category="recall", consent_required=False)
+    )
+    assert recall.status_code == 201, recall.text
+    error(alice.post("/api/v1/campaigns", json=campaign()), 409, "conflict", "name")
+
+
+def test_roles(released: None, as_role: Callable[..., TestClient]) -> None:
+    viewer = as_role("viewer")
+    engineer = as_role("engineer")
+    manager = as_role("campaign_manager", "carol")
+    error(viewer.post("/api/v1/campaigns", json=campaign()), 403, "forbidden")
+    cid = manager.post("/api/v1/campaigns", json=campaign()).json()["id"]
+    manager.post(f"/api/v1/campaigns/{cid}/submit")
+    error(engineer.post(f"/api/v1/campaigns/{cid}/approve", json={}), 403, "forbidden")
+    assert viewer.get(f"/api/v1/campaigns/{cid}").json()["state"] == "pending_approval"
+    assert [
+        c["id"]
+        for c in viewer.get("/api/v1/campaigns", params={"state": "pending_approval"}).json()[
+            "items"
+        ]
+    ] == [cid]
