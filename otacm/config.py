@@ -82,6 +82,9 @@ class Settings(BaseSettings):
 
     # Campaigns need a second campaign manager's approval; off only for a single-operator demo.
     campaign_four_eyes: bool = True
+    # A launch is refused when the eligible vehicles differ from the expected count by more
+    # than this share (the "12,000 trucks instead of 1,200" guard).
+    campaign_launch_margin: float = Field(default=0.05, ge=0, le=1)
 
     def resolved_storage_path(self) -> Path:
         return self.storage_path or self.data_dir / "artifacts"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from otacm.campaigns import service
-from otacm.campaigns.models import Campaign
+from otacm.campaigns import launch, service
+from otacm.campaigns.models import Campaign, CampaignWave, Deployment
 from otacm.campaigns.schemas import (
     CampaignCreate,
     CampaignFields,
@@ -17,7 +17,9 @@ from otacm.campaigns.schemas import (
     CampaignPage,
     CampaignState,
     Decision,
+    LaunchRequest,
     Rejection,
+    WaveOut,
 )
 from otacm.config import Settings
 from otacm.deps import SessionDep, WriteSessionDep, get_settings
@@ -29,7 +31,22 @@ router = APIRouter(prefix="/api/v1", tags=["campaigns"])
 
 
 def _out(session: Session, campaign: Campaign) -> CampaignOut:
-    return service.out(campaign, service.update_ids_of(session, [campaign.id])[campaign.id])
+    body = service.out(campaign, service.update_ids_of(session, [campaign.id])[campaign.id])
+    if campaign.launched_at is not None:
+        body.deployments = (
+            session.scalar(select(func.count()).where(Deployment.campaign_id == campaign.id)) or 0
+        )
+        body.waves = [
+            WaveOut(
+                number=w.number, size=w.size, opened_at=w.opened_at, completed_at=w.completed_at
+            )
+            for w in session.scalars(
+                select(CampaignWave)
+                .where(CampaignWave.campaign_id == campaign.id)
+                .order_by(CampaignWave.number)
+            )
+        ]
+    return body
 
 
 @router.post("/campaigns", response_model=CampaignOut, status_code=201)
@@ -132,5 +149,26 @@ def reject_campaign(
         approve=False,
         comment=body.comment,
         four_eyes=settings.campaign_four_eyes,
+    )
+    return _out(session, campaign)
+
+
+@router.post("/campaigns/{campaign_id}/launch", response_model=CampaignOut)
+def launch_campaign(
+    campaign_id: int,
+    body: LaunchRequest,
+    session: WriteSessionDep,
+    settings: Annotated[Settings, Depends(get_settings)],
+    principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+) -> CampaignOut:
+    """Create a deployment for every eligible vehicle, in its wave, and start the campaign (or
+    schedule it). Refused when the eligible count differs from `expected_vehicles` by more
+    than the configured margin."""
+    campaign = launch.launch(
+        session,
+        principal.actor,
+        campaign_id,
+        expected_vehicles=body.expected_vehicles,
+        margin=settings.campaign_launch_margin,
     )
     return _out(session, campaign)

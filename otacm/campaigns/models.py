@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from otacm.db import Base, JSONDocument, UTCDateTime
@@ -51,6 +51,46 @@ class Campaign(Base):
     decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     decided_by: Mapped[str | None] = mapped_column(String(200))
     decision_comment: Mapped[str | None] = mapped_column(Text)
+    launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    launched_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class CampaignWave(Base):
+    """One wave of a launched campaign: its size is fixed at launch (wave 0 is the canary)."""
+
+    __tablename__ = "campaign_waves"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Deployment(Base):
+    """One vehicle in one campaign; its state follows `otacm.campaigns.states`."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "vehicle_id"),
+        Index("ix_deployments_campaign_state", "campaign_id", "state"),
+        Index("ix_deployments_campaign_wave", "campaign_id", "wave"),
+        Index("ix_deployments_vehicle_state", "vehicle_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(BigId)
+    # Not foreign keys, like ECUs: a launch writes up to millions of rows at once.
+    vehicle_id: Mapped[int] = mapped_column(BigId)
+    wave: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    state_entered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    failure_detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class CampaignUpdate(Base):

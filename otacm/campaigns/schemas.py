@@ -18,6 +18,8 @@ class CampaignState(StrEnum):
     PENDING_APPROVAL = "pending_approval"
     APPROVED = "approved"
     REJECTED = "rejected"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
 
 
 class CampaignCategory(StrEnum):
@@ -105,6 +107,23 @@ class Rejection(BaseModel):
     comment: Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=4000)]
 
 
+class LaunchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    expected_vehicles: int = Field(
+        ge=0,
+        description="The eligible vehicle count the preview showed; a launch that would "
+        "reach a different number (beyond the configured margin) is refused",
+    )
+
+
+class WaveOut(BaseModel):
+    number: int
+    size: int
+    opened_at: datetime | None
+    completed_at: datetime | None
+
+
 class CampaignOut(BaseModel):
     id: int
     name: str
@@ -130,6 +149,10 @@ class CampaignOut(BaseModel):
     decided_at: datetime | None
     decided_by: str | None
     decision_comment: str | None
+    launched_at: datetime | None = None
+    launched_by: str | None = None
+    deployments: int = 0
+    waves: list[WaveOut] = Field(default_factory=list)
 
 
 class CampaignPage(BaseModel):

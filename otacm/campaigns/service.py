@@ -38,7 +38,15 @@ from otacm.targeting.service import targetable_updates
 
 EDITABLE = frozenset({CampaignState.DRAFT, CampaignState.REJECTED})
 # States of campaigns that are not over: names are unique among them.
-ACTIVE = frozenset({CampaignState.DRAFT, CampaignState.PENDING_APPROVAL, CampaignState.APPROVED})
+ACTIVE = frozenset(
+    {
+        CampaignState.DRAFT,
+        CampaignState.PENDING_APPROVAL,
+        CampaignState.APPROVED,
+        CampaignState.SCHEDULED,
+        CampaignState.RUNNING,
+    }
+)
 # Allowed moves of the approval workflow.
 TRANSITIONS: dict[str, frozenset[CampaignState]] = {
     "submit": frozenset({CampaignState.DRAFT, CampaignState.REJECTED}),
@@ -281,4 +289,6 @@ def out(campaign: Campaign, update_ids: list[int]) -> CampaignOut:
         decided_at=campaign.decided_at,
         decided_by=campaign.decided_by,
         decision_comment=campaign.decision_comment,
+        launched_at=campaign.launched_at,
+        launched_by=campaign.launched_by,
     )

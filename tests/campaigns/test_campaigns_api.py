@@ -189,3 +189,116 @@ def test_roles(released: None, as_role: Callable[..., TestClient]) -> None:
             "items"
         ]
     ] == [cid]
+
+
+# Launch ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fleet(engine: Engine, released: None) -> list[str]:
+    from tests.targeting.test_preview import add_ecu, add_vehicle
+
+    vins = []
+    with unit_of_work(make_session_factory(engine)) as session:
+        for n in range(40):
+            vehicle = add_vehicle(session, n, region="EU" if n < 37 else "NA")
+            add_ecu(session, vehicle, "BCM", software_version="4.0.0")
+            vins.append(vehicle.vin)
+    return vins
+
+
+def approved(as_role: Callable[..., TestClient], **changes: Any) -> tuple[TestClient, int]:
+    alice = as_role("campaign_manager", "alice")
+    bob = as_role("campaign_manager", "bob")
+    created = alice.post("/api/v1/campaigns", json=campaign(**changes))
+    assert created.status_code == 201, created.text
+    cid = created.json()["id"]
+    alice.post(f"/api/v1/campaigns/{cid}/submit")
+    assert bob.post(f"/api/v1/campaigns/{cid}/approve", json={}).json()["state"] == "approved"
+    return alice, cid
+
+
+def deployments(engine: Engine, campaign_id: int) -> dict[str, int]:
+    from sqlalchemy import select
+
+    from otacm.campaigns.models import Deployment
+    from otacm.fleet.models import Vehicle
+
+    with unit_of_work(make_session_factory(engine)) as session:
+        rows = session.execute(
+            select(Vehicle.vin, Deployment.wave)
+            .join(Vehicle, Vehicle.id == Deployment.vehicle_id)
+            .where(Deployment.campaign_id == campaign_id)
+        ).all()
+    return {vin: wave for vin, wave in rows}
+
+
+def test_launch_creates_a_deployment_per_eligible_vehicle_in_waves(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    from otacm.campaigns.policy import WavePlan, assign_waves
+
+    alice, cid = approved(as_role)
+    refused = alice.post(f"/api/v1/campaigns/{cid}/launch", json={"expected_vehicles": 370})
+    error(refused, 409, "launch_count_mismatch", "expected_vehicles")
+    assert deployments(engine, cid) == {}
+    launched = alice.post(f"/api/v1/campaigns/{cid}/launch", json={"expected_vehicles": 37})
+    assert launched.status_code == 200, launched.text
+    body = launched.json()
+    assert body["state"] == "running"
+    assert body["deployments"] == 37  # the three NA vehicles are outside the regions
+    assert [(w["number"], w["size"]) for w in body["waves"]] == [(1, 4), (2, 33)]
+    waves = deployments(engine, cid)
+    assert set(waves) == set(fleet[:37])
+    # The same split the pure rule gives (by vehicle id).
+    with unit_of_work(make_session_factory(engine)) as session:
+        from sqlalchemy import select
+
+        from otacm.fleet.models import Vehicle
+
+        ids = dict(session.execute(select(Vehicle.vin, Vehicle.id)).all())
+    plan = WavePlan.model_validate({"steps": [{"percent": 10}, {"percent": 100}]})
+    keys = [ids[v] for v in fleet[:37]]
+    expected = dict(zip(keys, assign_waves(keys, plan, campaign_id=cid), strict=True))
+    assert {ids[v]: w for v, w in waves.items()} == {k: w + 1 for k, w in expected.items()}
+    error(
+        alice.post(f"/api/v1/campaigns/{cid}/launch", json={"expected_vehicles": 37}),
+        409,
+        "campaign_state_conflict",
+    )
+
+
+def test_canary_vehicles_form_wave_zero_and_a_future_start_schedules(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = approved(
+        as_role,
+        urgency="scheduled",
+        starts_at="2099-01-01T08:00:00+00:00",
+        rollout={
+            "waves": {
+                "canary_vins": fleet[:2],
+                "steps": [{"percent": 50}, {"percent": 100}],
+            }
+        },
+    )
+    launched = alice.post(f"/api/v1/campaigns/{cid}/launch", json={"expected_vehicles": 36})
+    assert launched.status_code == 200, launched.text
+    assert launched.json()["state"] == "scheduled"
+    assert [(w["number"], w["size"]) for w in launched.json()["waves"]] == [
+        (0, 2), (1, 17), (2, 18),
+    ]  # fmt: skip
+    waves = deployments(engine, cid)
+    assert {v for v, w in waves.items() if w == 0} == set(fleet[:2])
+
+
+def test_only_an_approved_campaign_launches(
+    fleet: list[str], as_role: Callable[..., TestClient]
+) -> None:
+    alice = as_role("campaign_manager", "alice")
+    cid = alice.post("/api/v1/campaigns", json=campaign()).json()["id"]
+    error(
+        alice.post(f"/api/v1/campaigns/{cid}/launch", json={"expected_vehicles": 37}),
+        409,
+        "campaign_state_conflict",
+    )

@@ -1,0 +1,167 @@
+"""Launching an approved campaign: every eligible vehicle gets a deployment, in its wave.
+
+The eligible vehicles come from the targeting preview's query (the same rules, computed in the
+database); they are ranked canary first, then in the campaign's spread order
+(`policy.spread_order`, the same ranking `policy.assign_waves` defines), and written with one
+INSERT … SELECT. The count guard compares how many rows went in with the count the launcher
+expected from the preview; beyond the margin the transaction rolls back and nothing is launched.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, insert, literal, select
+from sqlalchemy.orm import Session
+
+from otacm.campaigns import service
+from otacm.campaigns.models import Campaign, CampaignWave, Deployment
+from otacm.campaigns.policy import RolloutPolicy, spread_order, wave_bounds
+from otacm.campaigns.schemas import CampaignState, Urgency
+from otacm.campaigns.states import DeploymentState
+from otacm.db import utcnow
+from otacm.errors import Conflict
+from otacm.security import audit
+from otacm.security.audit import Actor
+from otacm.targeting import preview
+from otacm.targeting import service as targeting
+from otacm.targeting.eligibility import ELIGIBLE, RegionRule
+from otacm.targeting.schemas import RegionRestriction
+from otacm.targeting.selection import TargetSelection, selection_condition
+
+# The modulus of the spread order (see policy.SpreadOrder).
+_P = 2_999_999_777
+
+
+class LaunchCountMismatch(Conflict):
+    code = "launch_count_mismatch"
+
+
+def _region_rule(regions: RegionRestriction) -> RegionRule:
+    return RegionRule(
+        allowed_regions=frozenset(r.value for r in regions.allowed_regions),
+        excluded_regions=frozenset(r.value for r in regions.excluded_regions),
+        allowed_countries=frozenset(regions.allowed_countries),
+        excluded_countries=frozenset(regions.excluded_countries),
+    )
+
+
+def _spread_key(campaign_id: int, vehicle_id: Any) -> Any:
+    order = spread_order(campaign_id)
+    x = ((vehicle_id % _P) * order.a + order.b) % _P
+    return ((((x * x) % _P) * x % _P) * order.c + order.d) % _P
+
+
+def launch(
+    session: Session,
+    actor: Actor,
+    campaign_id: int,
+    *,
+    expected_vehicles: int,
+    margin: float,
+    now: datetime | None = None,
+) -> Campaign:
+    """Create the deployments of an approved campaign and start it (or schedule it)."""
+    now = now or utcnow()
+    campaign = service.get(session, campaign_id, lock=True)
+    if campaign.state != CampaignState.APPROVED:
+        raise service.CampaignStateConflict(
+            f"campaign {campaign_id} is {campaign.state}; only an approved campaign launches",
+            state=campaign.state,
+        )
+    update_ids = service.update_ids_of(session, [campaign.id])[campaign.id]
+    updates = targeting.targetable_updates(session, update_ids)
+    selection = TargetSelection.model_validate(campaign.selection)
+    regions = RegionRestriction.model_validate(campaign.regions)
+    rollout = RolloutPolicy.model_validate(campaign.rollout)
+    plan = preview.make_plan(
+        session,
+        [targeting.rule_of(u) for u in updates],
+        regions=_region_rule(regions),
+        known_counters=targeting.known_counters(session),
+    )
+    dialect = session.get_bind().dialect.name
+    eligible = preview.vehicle_query(
+        session, plan, selection_condition(selection, dialect)
+    ).subquery("considered")
+    canary_vins = list(rollout.waves.canary_vins)
+    is_canary = eligible.c.vin.in_(canary_vins) if canary_vins else literal(False)
+    ranked = (
+        select(
+            eligible.c.vehicle_id,
+            (
+                func.row_number().over(
+                    order_by=(
+                        case((is_canary, 0), else_=1),
+                        _spread_key(campaign.id, eligible.c.vehicle_id),
+                        eligible.c.vehicle_id,
+                    )
+                )
+                - 1
+            ).label("rank"),
+            case((is_canary, 1), else_=0).label("canary"),
+        )
+        .where(eligible.c.reason == ELIGIBLE)
+        .subquery("ranked")
+    )
+    # The wave bounds need the total: count first (cheap next to the insert it sizes).
+    total = session.scalar(select(func.count()).select_from(ranked)) or 0
+    canaries = session.scalar(select(func.coalesce(func.sum(ranked.c.canary), 0))) or 0
+    _guard(campaign_id, total, expected_vehicles, margin)
+    bounds = wave_bounds(total, rollout.waves, int(canaries))
+    first_wave = 0 if rollout.waves.canary_vins else 1
+    wave = case(
+        *((ranked.c.rank < end, number) for number, end in enumerate(bounds, start=first_wave)),
+        else_=first_wave + len(bounds) - 1,
+    )
+    session.execute(
+        insert(Deployment).from_select(
+            [
+                "campaign_id",
+                "vehicle_id",
+                "wave",
+                "state",
+                "attempts",
+                "state_entered_at",
+                "created_at",
+                "updated_at",
+            ],
+            select(
+                literal(campaign.id),
+                ranked.c.vehicle_id,
+                wave,
+                literal(DeploymentState.PENDING.value),
+                literal(0),
+                literal(now),
+                literal(now),
+                literal(now),
+            ),
+        )
+    )
+    previous = 0
+    for number, end in enumerate(bounds, start=first_wave):
+        session.add(CampaignWave(campaign_id=campaign.id, number=number, size=end - previous))
+        previous = end
+    scheduled = campaign.urgency == Urgency.SCHEDULED and (campaign.starts_at or now) > now
+    campaign.state = (CampaignState.SCHEDULED if scheduled else CampaignState.RUNNING).value
+    campaign.launched_at = campaign.updated_at = now
+    campaign.launched_by = actor.name
+    audit.record(
+        session, actor, "campaign.launch", object_type="campaign", object_id=campaign.id,
+        after={"state": campaign.state, "deployments": total, "expected": expected_vehicles,
+               "waves": [b for b in bounds]},
+    )  # fmt: skip
+    session.flush()
+    return campaign
+
+
+def _guard(campaign_id: int, actual: int, expected: int, margin: float) -> None:
+    if abs(actual - expected) > margin * max(expected, 1):
+        raise LaunchCountMismatch(
+            f"campaign {campaign_id} would reach {actual:,} vehicles, not the {expected:,} "
+            f"expected (margin {margin:.0%}); preview it again and launch with that count",
+            field="expected_vehicles",
+            actual=actual,
+            expected=expected,
+        )
