@@ -114,3 +114,13 @@ def bench_targeting(
 
     command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _finish(targeting.run(database_url=database_url, command=command), record)
+
+
+@app.command("campaigns")
+def bench_campaigns(database_url: RegistryOption, record: RecordOption = None) -> None:
+    """Launching a campaign over the whole registry vs a raw INSERT … SELECT of as many rows
+    (a benchmark update and campaign are left in the registry)."""
+    from otacm.bench import campaigns
+
+    command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    _finish(campaigns.run(database_url=database_url, command=command), record)

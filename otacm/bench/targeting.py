@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, true
 
 from otacm.bench.common import Report, Result, console, median_seconds
 from otacm.config import Settings
@@ -39,29 +39,65 @@ from otacm.updates.storage import storage_from_settings
 from otacm.updates.versions import version_key
 
 
-def _release_bench_update(engine: Engine, settings: Settings, selected: Any) -> int:
-    """An update for the most common ECU hardware of the selected vehicles, newer than
-    anything installed (so that the preview meets every kind of vehicle, not one reason)."""
+def bench_keys_dir(database_url: str) -> Path:
+    """Where the keys signing a benchmark database's releases stay: its image repository lives
+    in that database for good, so the keys must outlive the run."""
+    return Path("bench-data") / f"keys-{hashlib.sha256(database_url.encode()).hexdigest()[:12]}"
+
+
+def release_update(
+    engine: Engine,
+    settings: Settings,
+    *,
+    selected: Any = None,
+    ecu_type: str | None = None,
+    every_hardware: bool = False,
+) -> int:
+    """Define and release an update newer than anything installed: for the most common ECU
+    hardware of the `selected` vehicles (so that a preview meets every kind of vehicle), or for
+    every hardware of `ecu_type` (so that nearly the whole fleet is eligible)."""
+    if not KeyStore(settings.resolved_keys_dir()).initialised():
+        initialise_keys_and_repository(settings, root_passphrase=None)
     factory = make_session_factory(engine)
     with unit_of_work(factory) as session:
-        ecu_type, part_number = session.execute(
-            select(Ecu.ecu_type, Ecu.hardware_part_number)
-            .join(Vehicle, Vehicle.id == Ecu.vehicle_id)
-            .where(selected)
-            .group_by(Ecu.ecu_type, Ecu.hardware_part_number)
-            .order_by(func.count().desc())
-            .limit(1)
-        ).one()
+        if ecu_type is None:
+            ecu_type, part_number = session.execute(
+                select(Ecu.ecu_type, Ecu.hardware_part_number)
+                .join(Vehicle, Vehicle.id == Ecu.vehicle_id)
+                .where(selected if selected is not None else true())
+                .group_by(Ecu.ecu_type, Ecu.hardware_part_number)
+                .order_by(func.count().desc())
+                .limit(1)
+            ).one()
+        else:
+            part_number = session.execute(
+                select(Ecu.hardware_part_number)
+                .where(Ecu.ecu_type == ecu_type)
+                .group_by(Ecu.hardware_part_number)
+                .order_by(func.count().desc())
+                .limit(1)
+            ).scalar_one()
+        part_numbers = (
+            list(
+                session.scalars(
+                    select(Ecu.hardware_part_number).where(Ecu.ecu_type == ecu_type).distinct()
+                )
+            )
+            if every_hardware
+            else [part_number]
+        )
         revisions = list(
             session.scalars(
                 select(Ecu.hardware_version)
-                .where(Ecu.ecu_type == ecu_type, Ecu.hardware_part_number == part_number)
+                .where(Ecu.ecu_type == ecu_type, Ecu.hardware_part_number.in_(part_numbers))
                 .distinct()
             )
         )
         protocol = session.scalar(
             select(Ecu.protocol)
-            .where(Ecu.ecu_type == ecu_type, Ecu.hardware_part_number == part_number)
+            .where(Ecu.ecu_type == ecu_type, Ecu.hardware_part_number.in_(part_numbers))
+            .group_by(Ecu.protocol)
+            .order_by(func.count().desc())
             .limit(1)
         )
         installed = sorted(
@@ -83,10 +119,13 @@ def _release_bench_update(engine: Engine, settings: Settings, selected: Any) -> 
             "category": "bug_fix",
             "compatible_models": models,
             "fuel_types": fuels,
-            "hardware_part_numbers": [part_number],
+            "hardware_part_numbers": part_numbers,
             "hardware_versions": revisions,
             # The older half of the installed versions may take it: every reason shows up.
-            "applicable_version_max": installed[len(installed) // 2],
+            # With every hardware, every installed version may (the whole fleet is the aim).
+            **(
+                {} if every_hardware else {"applicable_version_max": installed[len(installed) // 2]}
+            ),
             "release_notes": "benchmark",
             "estimated_install_minutes": 10,
             "support": {"contact": "bench@example.com"},
@@ -122,9 +161,7 @@ def run(*, database_url: str, command: str) -> Report:
     with tempfile.TemporaryDirectory(prefix="otacm-bench-targeting-") as scratch:
         # The keys that sign the benchmark's releases stay beside the benchmark data: the
         # image repository they start lives in that database for good.
-        keys_dir = (
-            Path("bench-data") / f"keys-{hashlib.sha256(database_url.encode()).hexdigest()[:12]}"
-        )
+        keys_dir = bench_keys_dir(database_url)
         settings = Settings(database_url=database_url, data_dir=Path(scratch), keys_dir=keys_dir)
         with unit_of_work(make_session_factory(engine)) as session:
             vehicles = session.scalar(select(func.count()).select_from(Vehicle)) or 0
@@ -146,13 +183,11 @@ def run(*, database_url: str, command: str) -> Report:
         selection, described, in_selection = min(candidates, key=lambda c: abs(c[2] - 130_000))
         report = Report(f"Targeting preview, {vehicles:,} vehicles", command)
         report.facts["registry"] = f"{vehicles:,} vehicles, {ecus:,} ECUs ({engine.dialect.name})"
-        if not KeyStore(keys_dir).initialised():
-            initialise_keys_and_repository(settings, root_passphrase=None)
 
         label = "PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite"
         factory = make_session_factory(engine)
         condition = selection_condition(selection, engine.dialect.name)
-        update_id = _release_bench_update(engine, settings, condition)
+        update_id = release_update(engine, settings, selected=condition)
         report.facts["update"] = f"id {update_id}"
 
         def plain() -> None:

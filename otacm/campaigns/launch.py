@@ -10,6 +10,8 @@ expected from the preview; beyond the margin the transaction rolls back and noth
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import case, func, insert, literal, select
@@ -17,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from otacm.campaigns import service
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment
-from otacm.campaigns.policy import RolloutPolicy, spread_order, wave_bounds
+from otacm.campaigns.policy import RolloutPolicy, WavePlan, spread_order, wave_bounds
 from otacm.campaigns.schemas import CampaignState, Urgency
 from otacm.campaigns.states import DeploymentState
-from otacm.db import utcnow
+from otacm.db import is_postgresql, utcnow
 from otacm.errors import Conflict
 from otacm.security import audit
 from otacm.security.audit import Actor
@@ -105,15 +107,19 @@ def launch(
         .where(eligible.c.reason == ELIGIBLE)
         .subquery("ranked")
     )
-    # The wave bounds need the total: count first (cheap next to the insert it sizes).
-    total = session.scalar(select(func.count()).select_from(ranked)) or 0
-    canaries = session.scalar(select(func.coalesce(func.sum(ranked.c.canary), 0))) or 0
-    _guard(campaign_id, total, expected_vehicles, margin)
-    bounds = wave_bounds(total, rollout.waves, int(canaries))
+    # One pass: the wave bounds depend on the total, which the window gives every row.
+    counted = select(
+        ranked.c.vehicle_id,
+        ranked.c.rank,
+        func.count().over().label("total"),
+        func.sum(ranked.c.canary).over().label("canaries"),
+    ).subquery("counted")
+    postgres = is_postgresql(session.get_bind().dialect)
     first_wave = 0 if rollout.waves.canary_vins else 1
+    ends = _bound_expressions(rollout.waves, counted.c.total, counted.c.canaries, postgres)
     wave = case(
-        *((ranked.c.rank < end, number) for number, end in enumerate(bounds, start=first_wave)),
-        else_=first_wave + len(bounds) - 1,
+        *((counted.c.rank < end, number) for number, end in enumerate(ends, start=first_wave)),
+        else_=first_wave + len(ends) - 1,
     )
     session.execute(
         insert(Deployment).from_select(
@@ -129,7 +135,7 @@ def launch(
             ],
             select(
                 literal(campaign.id),
-                ranked.c.vehicle_id,
+                counted.c.vehicle_id,
                 wave,
                 literal(DeploymentState.PENDING.value),
                 literal(0),
@@ -139,6 +145,19 @@ def launch(
             ),
         )
     )
+    # Counted, not taken from the cursor: SQLite reports no row count for an INSERT that
+    # starts with a WITH clause.
+    total = session.scalar(select(func.count()).where(Deployment.campaign_id == campaign.id)) or 0
+    # Checked after writing, in the same transaction: a refusal rolls all of it back.
+    _guard(campaign_id, total, expected_vehicles, margin)
+    canaries = (
+        session.scalar(
+            select(func.count()).where(Deployment.campaign_id == campaign.id, Deployment.wave == 0)
+        )
+        if rollout.waves.canary_vins
+        else 0
+    )
+    bounds = wave_bounds(total, rollout.waves, int(canaries or 0))
     previous = 0
     for number, end in enumerate(bounds, start=first_wave):
         session.add(CampaignWave(campaign_id=campaign.id, number=number, size=end - previous))
@@ -154,6 +173,23 @@ def launch(
     )  # fmt: skip
     session.flush()
     return campaign
+
+
+def _bound_expressions(plan: WavePlan, total: Any, canaries: Any, postgres: bool) -> list[Any]:
+    """`policy.wave_bounds` as SQL expressions of the total and the canary count."""
+    highest = func.greatest if postgres else func.max  # SQLite's max(a, b) is scalar
+    reached: Any = canaries if plan.canary_vins else literal(0)
+    ends: list[Any] = [canaries] if plan.canary_vins else []
+    for step in plan.steps:
+        if step.count is not None:
+            wanted: Any = case((total < step.count, total), else_=step.count)
+        else:
+            share = Fraction(Decimal(repr(step.percent or 0))) / 100
+            # Rounded up, in integers: (total * n + d - 1) / d.
+            wanted = (total * share.numerator + share.denominator - 1) // share.denominator
+        reached = highest(reached, wanted)
+        ends.append(reached)
+    return ends
 
 
 def _guard(campaign_id: int, actual: int, expected: int, margin: float) -> None:

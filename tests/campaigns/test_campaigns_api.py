@@ -302,3 +302,33 @@ def test_only_an_approved_campaign_launches(
         409,
         "campaign_state_conflict",
     )
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [{"count": 3}, {"percent": 33.3}, {"percent": 100}],
+        [{"percent": 7.1}, {"percent": 50}, {"percent": 100}],
+        [{"count": 100}, {"percent": 100}],
+    ],
+)
+def test_launch_waves_equal_the_pure_split(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine, steps: list[Any]
+) -> None:
+    from sqlalchemy import select
+
+    from otacm.campaigns.policy import WavePlan, assign_waves
+    from otacm.fleet.models import Vehicle
+
+    alice, cid = approved(as_role, rollout={"waves": {"steps": steps}})
+    launched = alice.post(f"/api/v1/campaigns/{cid}/launch", json={"expected_vehicles": 37})
+    assert launched.status_code == 200, launched.text
+    with unit_of_work(make_session_factory(engine)) as session:
+        ids = dict(session.execute(select(Vehicle.vin, Vehicle.id)).all())
+    keys = [ids[v] for v in fleet[:37]]
+    plan = WavePlan.model_validate({"steps": steps})
+    expected = assign_waves(keys, plan, campaign_id=cid)
+    got = deployments(engine, cid)
+    assert [got[v] for v in fleet[:37]] == [w + 1 for w in expected]
+    sizes = [w["size"] for w in launched.json()["waves"]]
+    assert sum(sizes) == 37
