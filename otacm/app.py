@@ -58,17 +58,29 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    job = None
+    jobs = []
     if settings.maintenance_interval.total_seconds() > 0:
         from otacm.maintenance import run_periodically
 
-        job = asyncio.create_task(
-            run_periodically(app.state.write_session_factory, settings, app.state.storage)
+        jobs.append(
+            asyncio.create_task(
+                run_periodically(app.state.write_session_factory, settings, app.state.storage)
+            )
+        )
+    if settings.engine_interval.total_seconds() > 0:
+        from otacm.campaigns import engine
+
+        jobs.append(
+            asyncio.create_task(
+                engine.run_periodically(
+                    app.state.write_session_factory, settings.engine_interval.total_seconds()
+                )
+            )
         )
     try:
         yield
     finally:
-        if job is not None:
+        for job in jobs:
             job.cancel()
             with suppress(asyncio.CancelledError):
                 await job

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +19,7 @@ from otacm.db import (
     engine_from_settings,
     head_revision,
     make_session_factory,
+    make_write_session_factory,
     unit_of_work,
     upgrade,
 )
@@ -135,6 +136,22 @@ def serve(
         workers=workers,
         log_level=settings.log_level,
     )
+
+
+@app.command()
+def worker(database_url: DatabaseOption = None) -> None:
+    """Run the rollout engine on its own (without serving HTTP): a tick every
+    OTACM_ENGINE_INTERVAL. Any number of workers and servers may share one PostgreSQL."""
+    import asyncio
+
+    from otacm.campaigns import engine as rollout
+
+    settings = settings_with(database_url)
+    interval = settings.engine_interval.total_seconds() or 10.0
+    with cli_engine(database_url) as db:
+        console.print(f"rollout engine: a tick every {interval:g} s; Ctrl-C stops it")
+        with suppress(KeyboardInterrupt):
+            asyncio.run(rollout.run_periodically(make_write_session_factory(db), interval))
 
 
 def _register() -> None:

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     # A launch is refused when the eligible vehicles differ from the expected count by more
     # than this share (the "12,000 trucks instead of 1,200" guard).
     campaign_launch_margin: float = Field(default=0.05, ge=0, le=1)
+    # Period of the rollout engine's tick in `otacm serve` and `otacm worker`; zero turns it
+    # off inside `otacm serve` (tests drive it by hand).
+    engine_interval: timedelta = timedelta(seconds=10)
 
     def resolved_storage_path(self) -> Path:
         return self.storage_path or self.data_dir / "artifacts"

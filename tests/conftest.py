@@ -81,7 +81,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return Settings(
-        database_url=database_url, data_dir=tmp_path / "data", maintenance_interval=timedelta(0)
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        maintenance_interval=timedelta(0),
+        engine_interval=timedelta(0),
     )
 
 

@@ -149,7 +149,9 @@ def live_server() -> Iterator[LiveServer]:
 def quiet_settings(settings: Settings) -> Settings:
     """`settings` without the periodic maintenance job, which would re-sign metadata (or sweep
     staging) behind a test's back."""
-    return settings.model_copy(update={"maintenance_interval": timedelta(0)})
+    return settings.model_copy(
+        update={"maintenance_interval": timedelta(0), "engine_interval": timedelta(0)}
+    )
 
 
 @pytest.fixture

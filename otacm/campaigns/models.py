@@ -53,6 +53,7 @@ class Campaign(Base):
     decision_comment: Mapped[str | None] = mapped_column(Text)
     launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     launched_by: Mapped[str | None] = mapped_column(String(200))
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class CampaignWave(Base):
@@ -64,6 +65,8 @@ class CampaignWave(Base):
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     size: Mapped[int] = mapped_column(Integer)
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the wave first met its success threshold: the soak time runs from here.
+    threshold_met_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -20,6 +20,8 @@ class CampaignState(StrEnum):
     REJECTED = "rejected"
     SCHEDULED = "scheduled"
     RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
 
 
 class CampaignCategory(StrEnum):

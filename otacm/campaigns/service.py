@@ -45,6 +45,7 @@ ACTIVE = frozenset(
         CampaignState.APPROVED,
         CampaignState.SCHEDULED,
         CampaignState.RUNNING,
+        CampaignState.PAUSED,
     }
 )
 # Allowed moves of the approval workflow.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -332,3 +333,144 @@ def test_launch_waves_equal_the_pure_split(
     assert [got[v] for v in fleet[:37]] == [w + 1 for w in expected]
     sizes = [w["size"] for w in launched.json()["waves"]]
     assert sum(sizes) == 37
+
+
+# The engine, driven by a fake clock -------------------------------------------------------
+
+T0 = datetime(2031, 5, 4, 10, 0, tzinfo=UTC)
+SUCCEED = ["offer", "accepted", "manifest_confirmed"]
+FAIL = ["offer", "accepted", "failed"]
+
+
+def drive(engine: Engine, campaign_id: int, wave: int, events: list[str], *, count: int) -> None:
+    """Move the first `count` deployments of `wave` through `events` (at T0)."""
+    from sqlalchemy import select
+
+    from otacm.campaigns.deployments import apply_event
+    from otacm.campaigns.models import Deployment
+    from otacm.campaigns.states import DeploymentEvent
+
+    with unit_of_work(make_session_factory(engine)) as session:
+        rows = session.scalars(
+            select(Deployment)
+            .where(Deployment.campaign_id == campaign_id, Deployment.wave == wave)
+            .order_by(Deployment.id)
+            .limit(count)
+        ).all()
+        for deployment in rows:
+            for event in events:
+                apply_event(session, deployment, DeploymentEvent(event), T0, code="flash_error")
+
+
+def tick(engine: Engine, now: datetime) -> Any:
+    from otacm.campaigns.engine import tick as engine_tick
+    from otacm.db import make_write_session_factory
+
+    return engine_tick(make_write_session_factory(engine), now)
+
+
+def launched(
+    as_role: Callable[..., TestClient], expected: int = 37, **changes: Any
+) -> tuple[TestClient, int]:
+    alice, cid = approved(as_role, **changes)
+    response = alice.post(f"/api/v1/campaigns/{cid}/launch", json={"expected_vehicles": expected})
+    assert response.status_code == 200, response.text
+    return alice, cid
+
+
+ROLLOUT = {
+    "waves": {
+        "steps": [{"percent": 10}, {"percent": 100}],
+        "soak_time": "PT1H",
+        "failure_threshold_percent": 10,
+        "failure_min_finished": 2,
+    }
+}
+
+
+def test_waves_open_soak_advance_and_complete(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(as_role, rollout=ROLLOUT)
+    assert tick(engine, T0).opened == [(cid, 1)]
+    assert tick(engine, T0).opened == []  # nothing finished: wait
+    drive(engine, cid, 1, SUCCEED, count=4)
+    assert tick(engine, T0 + timedelta(minutes=1)).opened == []  # soaking
+    assert tick(engine, T0 + timedelta(hours=2)).opened == [(cid, 2)]
+    drive(engine, cid, 2, SUCCEED, count=33)
+    report = tick(engine, T0 + timedelta(hours=3))
+    assert report.completed == [cid]
+    body = alice.get(f"/api/v1/campaigns/{cid}").json()
+    assert body["state"] == "completed"
+    assert all(w["completed_at"] for w in body["waves"])
+
+
+def test_failures_above_the_threshold_pause_the_campaign(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(as_role, rollout=ROLLOUT)
+    tick(engine, T0)
+    drive(engine, cid, 1, FAIL, count=2)
+    assert tick(engine, T0 + timedelta(minutes=5)).paused == [cid]
+    assert alice.get(f"/api/v1/campaigns/{cid}").json()["state"] == "paused"
+    assert tick(engine, T0 + timedelta(hours=5)).opened == []  # a paused campaign stays put
+
+
+def test_deployments_stuck_in_flight_time_out(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    _, cid = launched(as_role, rollout={**ROLLOUT, "timeouts": {"in_progress": "PT2H"}})
+    tick(engine, T0)
+    drive(engine, cid, 1, ["offer", "accepted"], count=3)
+    assert tick(engine, T0 + timedelta(hours=1)).timed_out == 0
+    assert tick(engine, T0 + timedelta(hours=3)).timed_out == 3
+
+
+def test_a_scheduled_campaign_starts_at_its_time_and_the_end_time_expires_offers(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(
+        as_role,
+        expected=37,
+        urgency="scheduled",
+        starts_at="2031-05-04T12:00:00+00:00",
+        ends_at="2031-05-05T12:00:00+00:00",
+        rollout=ROLLOUT,
+    )
+    assert tick(engine, T0).started == []
+    started = tick(engine, T0 + timedelta(hours=2))  # starts it, and opens its first wave
+    assert (started.started, started.opened) == ([cid], [(cid, 1)])
+    report = tick(engine, T0 + timedelta(days=2))
+    assert report.expired == 37
+    assert report.completed == [cid]
+    assert alice.get(f"/api/v1/campaigns/{cid}").json()["state"] == "completed"
+
+
+def test_two_engines_do_each_step_once(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    import threading
+
+    campaigns = []
+    for n in range(3):
+        alice, cid = launched(as_role, name=f"parallel {n}", rollout=ROLLOUT)
+        campaigns.append(cid)
+        # The fleet is shared: later campaigns find the vehicles busy only once offers exist.
+    barrier = threading.Barrier(2)
+    reports: list[Any] = []
+
+    def run() -> None:
+        barrier.wait()
+        reports.append(tick(engine, T0))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    opened = [o for r in reports for o in r.opened]
+    assert sorted(opened) == sorted((cid, 1) for cid in campaigns)
+    audit = alice.get(
+        "/api/v1/audit", params={"action": "campaign.wave.open", "limit": 100}
+    ).json()["items"]
+    assert sorted(int(e["object_id"]) for e in audit) == sorted(campaigns)

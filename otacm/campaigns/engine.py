@@ -1,0 +1,212 @@
+"""The rollout engine: one tick starts due campaigns and moves every running one forward.
+
+Per running campaign, in its own transaction: the end time (unfinished offers expire, the
+campaign completes), timeouts (deployments stuck in flight become `timed_out`), then the open
+wave's verdict (`policy.wave_verdict`): open the next wave, pause on failures, complete.
+
+Several engines (every `otacm serve`, any `otacm worker`) may tick against one PostgreSQL: a
+campaign is claimed with `SELECT … FOR UPDATE SKIP LOCKED`, so each step is done by exactly one
+of them, and every step is written so that doing it again changes nothing. On SQLite the write
+transaction serialises them. A tick reads only running campaigns and the open wave's counts, so
+its cost does not grow with idle vehicles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from otacm.campaigns.models import Campaign, CampaignWave, Deployment
+from otacm.campaigns.policy import Action, RolloutPolicy, WaveCounts, wave_verdict
+from otacm.campaigns.schemas import CampaignState
+from otacm.campaigns.states import COMMITTED, DeploymentState
+from otacm.db import is_postgresql, unit_of_work, utcnow
+from otacm.security import audit
+from otacm.security.audit import Actor
+
+log = logging.getLogger("otacm.engine")
+ENGINE = Actor("otacm-engine", "system", "local")
+# Offers not yet taken up when a campaign's end time comes: they expire.
+EXPIRABLE = (DeploymentState.PENDING, DeploymentState.OFFERED, DeploymentState.POSTPONED)
+
+
+@dataclass
+class TickReport:
+    started: list[int] = field(default_factory=list)
+    opened: list[tuple[int, int]] = field(default_factory=list)
+    paused: list[int] = field(default_factory=list)
+    completed: list[int] = field(default_factory=list)
+    timed_out: int = 0
+    expired: int = 0
+
+
+def _claim(session: Session, query: Select[Any]) -> Select[Any]:
+    if is_postgresql(session.get_bind().dialect):
+        return query.with_for_update(skip_locked=True)
+    return query
+
+
+def tick(factory: sessionmaker[Session], now: datetime | None = None) -> TickReport:
+    """One round of the engine; `factory` should make write sessions (BEGIN IMMEDIATE)."""
+    now = now or utcnow()
+    report = TickReport()
+    with unit_of_work(factory) as session:
+        due = select(Campaign).where(
+            Campaign.state == CampaignState.SCHEDULED.value, Campaign.starts_at <= now
+        )
+        for campaign in session.scalars(_claim(session, due)):
+            campaign.state = CampaignState.RUNNING.value
+            campaign.updated_at = now
+            report.started.append(campaign.id)
+            audit.record(
+                session, ENGINE, "campaign.start", object_type="campaign",
+                object_id=campaign.id, after={"state": campaign.state},
+            )  # fmt: skip
+    with unit_of_work(factory) as session:
+        running = list(
+            session.scalars(
+                select(Campaign.id).where(Campaign.state == CampaignState.RUNNING.value)
+            )
+        )
+    for campaign_id in running:
+        with unit_of_work(factory) as session:
+            claimed = session.scalar(
+                _claim(
+                    session,
+                    select(Campaign).where(
+                        Campaign.id == campaign_id,
+                        Campaign.state == CampaignState.RUNNING.value,
+                    ),
+                )
+            )
+            if claimed is not None:  # another engine has it, or it changed meanwhile
+                _step(session, claimed, now, report)
+    return report
+
+
+def _step(session: Session, campaign: Campaign, now: datetime, report: TickReport) -> None:
+    rollout = RolloutPolicy.model_validate(campaign.rollout)
+    if campaign.ends_at is not None and campaign.ends_at <= now:
+        expired = session.execute(
+            update(Deployment)
+            .where(
+                Deployment.campaign_id == campaign.id,
+                Deployment.state.in_([s.value for s in EXPIRABLE]),
+            )
+            .values(state=DeploymentState.EXPIRED.value, state_entered_at=now, updated_at=now)
+        )
+        report.expired += expired.rowcount  # type: ignore[attr-defined]
+        _finish(session, campaign, now, report, reason="end time reached")
+        return
+    report.timed_out += _time_out(session, campaign, rollout, now)
+    waves = list(
+        session.scalars(
+            select(CampaignWave)
+            .where(CampaignWave.campaign_id == campaign.id)
+            .order_by(CampaignWave.number)
+        )
+    )
+    open_wave = next((w for w in waves if w.opened_at and not w.completed_at), None)
+    if open_wave is None:
+        waiting = next((w for w in waves if not w.completed_at), None)
+        if waiting is None:
+            _finish(session, campaign, now, report, reason="every wave completed")
+            return
+        waiting.opened_at = now
+        report.opened.append((campaign.id, waiting.number))
+        _record(session, campaign, "campaign.wave.open", wave=waiting.number)
+        return
+    by_state = {
+        DeploymentState(state): count
+        for state, count in session.execute(
+            select(Deployment.state, func.count())
+            .where(Deployment.campaign_id == campaign.id, Deployment.wave == open_wave.number)
+            .group_by(Deployment.state)
+        )
+    }
+    index = waves.index(open_wave)
+    verdict = wave_verdict(
+        WaveCounts.from_states(by_state),
+        rollout.waves,
+        wave=index,
+        now=now,
+        threshold_met_at=open_wave.threshold_met_at,
+    )
+    if verdict.qualified and open_wave.threshold_met_at is None:
+        open_wave.threshold_met_at = now
+    if verdict.action is Action.ADVANCE:
+        open_wave.completed_at = now
+        following = waves[index + 1]
+        following.opened_at = now
+        report.opened.append((campaign.id, following.number))
+        _record(session, campaign, "campaign.wave.open", wave=following.number)
+    elif verdict.action is Action.COMPLETE:
+        open_wave.completed_at = now
+        _finish(session, campaign, now, report, reason="every wave completed")
+    elif verdict.action is Action.PAUSE:
+        campaign.state = CampaignState.PAUSED.value
+        campaign.updated_at = now
+        report.paused.append(campaign.id)
+        _record(
+            session, campaign, "campaign.pause", wave=open_wave.number, reason=verdict.reason.value
+        )
+
+
+def _time_out(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: datetime) -> int:
+    """In-flight deployments past their timeout become `timed_out`, in one statement per
+    clock (the state machine's `timeout` event, applied in bulk)."""
+    clocks = [([s.value for s in COMMITTED], rollout.timeouts.in_progress)]
+    if rollout.timeouts.offered is not None:
+        clocks.append(([DeploymentState.OFFERED.value], rollout.timeouts.offered))
+    total = 0
+    for states, limit in clocks:
+        result = session.execute(
+            update(Deployment)
+            .where(
+                Deployment.campaign_id == campaign.id,
+                Deployment.state.in_(states),
+                Deployment.state_entered_at < now - limit,
+            )
+            .values(
+                state=DeploymentState.TIMED_OUT.value,
+                failure_code="timed_out",
+                state_entered_at=now,
+                updated_at=now,
+            )
+        )
+        total += result.rowcount  # type: ignore[attr-defined]
+    return total
+
+
+def _finish(
+    session: Session, campaign: Campaign, now: datetime, report: TickReport, *, reason: str
+) -> None:
+    campaign.state = CampaignState.COMPLETED.value
+    campaign.finished_at = campaign.updated_at = now
+    report.completed.append(campaign.id)
+    _record(session, campaign, "campaign.complete", reason=reason)
+
+
+def _record(session: Session, campaign: Campaign, action: str, **after: object) -> None:
+    audit.record(
+        session, ENGINE, action, object_type="campaign", object_id=campaign.id,
+        after={"state": campaign.state, **after},
+    )  # fmt: skip
+
+
+async def run_periodically(factory: sessionmaker[Session], interval: float) -> None:
+    """The engine inside `otacm serve` (and `otacm worker`): a tick every `interval` seconds;
+    a failing tick is logged and the next one runs."""
+    while True:
+        try:
+            await run_in_threadpool(tick, factory)
+        except Exception:
+            log.exception("the rollout engine's tick failed")
+        await asyncio.sleep(interval)
