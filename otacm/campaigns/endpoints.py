@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from otacm.campaigns import launch, service
+from otacm.campaigns import launch, operations, service
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment
 from otacm.campaigns.schemas import (
     CampaignCreate,
@@ -18,6 +18,7 @@ from otacm.campaigns.schemas import (
     CampaignState,
     Decision,
     LaunchRequest,
+    Operation,
     Rejection,
     WaveOut,
 )
@@ -32,20 +33,39 @@ router = APIRouter(prefix="/api/v1", tags=["campaigns"])
 
 def _out(session: Session, campaign: Campaign) -> CampaignOut:
     body = service.out(campaign, service.update_ids_of(session, [campaign.id])[campaign.id])
-    if campaign.launched_at is not None:
-        body.deployments = (
-            session.scalar(select(func.count()).where(Deployment.campaign_id == campaign.id)) or 0
+    if campaign.launched_at is None:
+        return body
+    per_wave: dict[int, dict[str, int]] = {}
+    for wave, state, count in session.execute(
+        select(Deployment.wave, Deployment.state, func.count())
+        .where(Deployment.campaign_id == campaign.id)
+        .group_by(Deployment.wave, Deployment.state)
+    ):
+        per_wave.setdefault(wave, {})[state] = count
+        body.states[state] = body.states.get(state, 0) + count
+    body.deployments = sum(body.states.values())
+    body.failure_codes = {
+        str(code): count
+        for code, count in session.execute(
+            select(Deployment.failure_code, func.count())
+            .where(Deployment.campaign_id == campaign.id, Deployment.failure_code.is_not(None))
+            .group_by(Deployment.failure_code)
         )
-        body.waves = [
-            WaveOut(
-                number=w.number, size=w.size, opened_at=w.opened_at, completed_at=w.completed_at
-            )
-            for w in session.scalars(
-                select(CampaignWave)
-                .where(CampaignWave.campaign_id == campaign.id)
-                .order_by(CampaignWave.number)
-            )
-        ]
+    }
+    body.waves = [
+        WaveOut(
+            number=w.number,
+            size=w.size,
+            opened_at=w.opened_at,
+            completed_at=w.completed_at,
+            states=per_wave.get(w.number, {}),
+        )
+        for w in session.scalars(
+            select(CampaignWave)
+            .where(CampaignWave.campaign_id == campaign.id)
+            .order_by(CampaignWave.number)
+        )
+    ]
     return body
 
 
@@ -172,3 +192,27 @@ def launch_campaign(
         margin=settings.campaign_launch_margin,
     )
     return _out(session, campaign)
+
+
+def _operate(name: str, summary: str) -> None:
+    def handler(
+        campaign_id: int,
+        body: Operation,
+        session: WriteSessionDep,
+        principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+    ) -> CampaignOut:
+        operate = getattr(operations, name.replace("-", "_"))
+        result = operate(session, principal.actor, campaign_id, body.comment)
+        campaign = result[0] if isinstance(result, tuple) else result
+        return _out(session, campaign)
+
+    handler.__name__ = f"{name.replace('-', '_')}_campaign"
+    router.post(f"/campaigns/{{campaign_id}}/{name}", response_model=CampaignOut, summary=summary)(
+        handler
+    )
+
+
+_operate("pause", "Stop opening waves; deployments under way go on")
+_operate("resume", "Go on; failures so far no longer count against the threshold")
+_operate("next-wave", "Close the open wave and open the next one now")
+_operate("cancel", "End it: offers not yet taken up are cancelled, accepted ones finish")

@@ -138,6 +138,13 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         wave=index,
         now=now,
         threshold_met_at=open_wave.threshold_met_at,
+        resumed_with=(
+            WaveCounts.from_states(
+                {DeploymentState(k): v for k, v in open_wave.resumed_with.items()}
+            )
+            if open_wave.resumed_with
+            else None
+        ),
     )
     if verdict.qualified and open_wave.threshold_met_at is None:
         open_wave.threshold_met_at = now

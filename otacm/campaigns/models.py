@@ -67,6 +67,8 @@ class CampaignWave(Base):
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # When the wave first met its success threshold: the soak time runs from here.
     threshold_met_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The wave's counts when an operator resumed it: failures before that were accepted.
+    resumed_with: Mapped[dict[str, int] | None] = mapped_column(JSONDocument)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -22,6 +22,7 @@ class CampaignState(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     COMPLETED = "completed"
+    CANCELLED = "cancelled"
 
 
 class CampaignCategory(StrEnum):
@@ -124,6 +125,13 @@ class WaveOut(BaseModel):
     size: int
     opened_at: datetime | None
     completed_at: datetime | None
+    states: dict[str, int] = Field(default_factory=dict, description="Deployments per state")
+
+
+class Operation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] = ""
 
 
 class CampaignOut(BaseModel):
@@ -154,6 +162,8 @@ class CampaignOut(BaseModel):
     launched_at: datetime | None = None
     launched_by: str | None = None
     deployments: int = 0
+    states: dict[str, int] = Field(default_factory=dict, description="Deployments per state")
+    failure_codes: dict[str, int] = Field(default_factory=dict)
     waves: list[WaveOut] = Field(default_factory=list)
 
 

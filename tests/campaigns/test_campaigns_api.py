@@ -474,3 +474,45 @@ def test_two_engines_do_each_step_once(
         "/api/v1/audit", params={"action": "campaign.wave.open", "limit": 100}
     ).json()["items"]
     assert sorted(int(e["object_id"]) for e in audit) == sorted(campaigns)
+
+
+# Operations -------------------------------------------------------------------------------
+
+
+def test_pause_resume_next_wave_and_progress(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(as_role, rollout=ROLLOUT)
+    tick(engine, T0)
+    drive(engine, cid, 1, FAIL, count=2)
+    assert tick(engine, T0 + timedelta(minutes=5)).paused == [cid]
+    body = alice.get(f"/api/v1/campaigns/{cid}").json()
+    assert body["states"] == {"failed": 2, "pending": 35}
+    assert body["failure_codes"] == {"flash_error": 2}
+    assert body["waves"][0]["states"] == {"failed": 2, "pending": 2}
+    error(alice.post(f"/api/v1/campaigns/{cid}/pause", json={}), 409, "campaign_state_conflict")
+    resumed = alice.post(f"/api/v1/campaigns/{cid}/resume", json={"comment": "known issue"})
+    assert resumed.json()["state"] == "running"
+    # The two failures were accepted on resuming: no pause again for them.
+    assert tick(engine, T0 + timedelta(minutes=6)).paused == []
+    opened = alice.post(f"/api/v1/campaigns/{cid}/next-wave", json={})
+    assert opened.status_code == 200, opened.text
+    assert [w["opened_at"] is not None for w in opened.json()["waves"]] == [True, True]
+    error(alice.post(f"/api/v1/campaigns/{cid}/next-wave", json={}), 409, "campaign_state_conflict")
+    assert alice.post(f"/api/v1/campaigns/{cid}/pause", json={}).json()["state"] == "paused"
+
+
+def test_cancel_cancels_what_was_not_taken_up(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(as_role, rollout=ROLLOUT)
+    tick(engine, T0)
+    drive(engine, cid, 1, ["offer", "accepted", "download_started"], count=1)
+    drive(engine, cid, 2, ["offer"], count=3)
+    cancelled = alice.post(f"/api/v1/campaigns/{cid}/cancel", json={"comment": "wrong build"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["state"] == "cancelled"
+    assert cancelled.json()["states"] == {"downloading": 1, "cancelled": 36}
+    assert tick(engine, T0 + timedelta(hours=1)).opened == []
+    viewer = as_role("viewer")
+    error(viewer.post(f"/api/v1/campaigns/{cid}/cancel", json={}), 403, "forbidden")
