@@ -1,8 +1,10 @@
 """The rollout engine: one tick starts due campaigns and moves every running one forward.
 
 Per running campaign, in its own transaction: the end time (unfinished offers expire, the
-campaign completes), timeouts (deployments stuck in flight become `timed_out`), then the open
-wave's verdict (`policy.wave_verdict`): open the next wave, pause on failures, complete.
+campaign completes), timeouts (deployments stuck in flight become `timed_out`), retries (a
+retryable failure is given its next attempt's time, and when it comes goes back to `pending`),
+then the open wave's verdict (`policy.wave_verdict`): open the next wave, pause on failures,
+complete.
 
 Several engines (every `otacm serve`, any `otacm worker`) may tick against one PostgreSQL: a
 campaign is claimed with `SELECT … FOR UPDATE SKIP LOCKED`, so each step is done by exactly one
@@ -24,9 +26,15 @@ from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment
-from otacm.campaigns.policy import Action, RolloutPolicy, WaveCounts, wave_verdict
+from otacm.campaigns.policy import (
+    Action,
+    RolloutPolicy,
+    WaveCounts,
+    next_retry_at,
+    wave_verdict,
+)
 from otacm.campaigns.schemas import CampaignState
-from otacm.campaigns.states import COMMITTED, DeploymentState
+from otacm.campaigns.states import COMMITTED, RETRYABLE_FAILURES, DeploymentState
 from otacm.db import is_postgresql, unit_of_work, utcnow
 from otacm.security import audit
 from otacm.security.audit import Actor
@@ -44,6 +52,7 @@ class TickReport:
     paused: list[int] = field(default_factory=list)
     completed: list[int] = field(default_factory=list)
     timed_out: int = 0
+    retried: int = 0
     expired: int = 0
 
 
@@ -106,6 +115,7 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         _finish(session, campaign, now, report, reason="end time reached")
         return
     report.timed_out += _time_out(session, campaign, rollout, now)
+    report.retried += _retry(session, campaign, rollout, now)
     waves = list(
         session.scalars(
             select(CampaignWave)
@@ -123,17 +133,19 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         report.opened.append((campaign.id, waiting.number))
         _record(session, campaign, "campaign.wave.open", wave=waiting.number)
         return
-    by_state = {
-        DeploymentState(state): count
-        for state, count in session.execute(
-            select(Deployment.state, func.count())
-            .where(Deployment.campaign_id == campaign.id, Deployment.wave == open_wave.number)
-            .group_by(Deployment.state)
-        )
-    }
+    by_state: dict[DeploymentState, int] = {}
+    retrying = 0
+    for state, scheduled, count in session.execute(
+        select(Deployment.state, Deployment.next_attempt_at.is_not(None), func.count())
+        .where(Deployment.campaign_id == campaign.id, Deployment.wave == open_wave.number)
+        .group_by(Deployment.state, Deployment.next_attempt_at.is_not(None))
+    ):
+        by_state[DeploymentState(state)] = by_state.get(DeploymentState(state), 0) + count
+        if scheduled and DeploymentState(state) in RETRYABLE_FAILURES:
+            retrying += count
     index = waves.index(open_wave)
     verdict = wave_verdict(
-        WaveCounts.from_states(by_state),
+        WaveCounts.from_states(by_state, retrying=retrying),
         rollout.waves,
         wave=index,
         now=now,
@@ -164,6 +176,49 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         _record(
             session, campaign, "campaign.pause", wave=open_wave.number, reason=verdict.reason.value
         )
+
+
+def _retry(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: datetime) -> int:
+    """Failures worth another attempt get one: first a time (`policy.next_retry_at`, once per
+    failure), then, when it has come, back to `pending` (the state machine's `retry`)."""
+    policy = rollout.retries
+    failed_states = [s.value for s in RETRYABLE_FAILURES]
+    unscheduled = session.scalars(
+        select(Deployment).where(
+            Deployment.campaign_id == campaign.id,
+            Deployment.state.in_(failed_states),
+            Deployment.next_attempt_at.is_(None),
+            Deployment.attempts + 1 < policy.max_attempts,
+            func.lower(Deployment.failure_code).in_(list(policy.retry_on)),
+        )
+    )
+    for deployment in unscheduled:
+        deployment.next_attempt_at = next_retry_at(
+            deployment.attempts + 1,
+            deployment.state_entered_at,
+            policy,
+            deployment.failure_code or "",
+            key=deployment.id,
+        )
+    session.flush()
+    due = session.execute(
+        update(Deployment)
+        .where(
+            Deployment.campaign_id == campaign.id,
+            Deployment.state.in_(failed_states),
+            Deployment.next_attempt_at <= now,
+        )
+        .values(
+            state=DeploymentState.PENDING.value,
+            attempts=Deployment.attempts + 1,
+            next_attempt_at=None,
+            failure_code=None,
+            failure_detail=None,
+            state_entered_at=now,
+            updated_at=now,
+        )
+    )
+    return int(due.rowcount)  # type: ignore[attr-defined]
 
 
 def _time_out(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: datetime) -> int:

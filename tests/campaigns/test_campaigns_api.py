@@ -516,3 +516,26 @@ def test_cancel_cancels_what_was_not_taken_up(
     assert tick(engine, T0 + timedelta(hours=1)).opened == []
     viewer = as_role("viewer")
     error(viewer.post(f"/api/v1/campaigns/{cid}/cancel", json={}), 403, "forbidden")
+
+
+def test_retryable_failures_get_their_attempts_with_backoff_before_they_count(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    retries = {"max_attempts": 3, "retry_on": ["flash_error"], "backoff_base": "PT5M"}
+    alice, cid = launched(as_role, rollout={**ROLLOUT, "retries": retries})
+    tick(engine, T0)
+    minute = timedelta(minutes=1)
+    clock = T0
+    for attempt in (1, 2):
+        drive(engine, cid, 1, FAIL, count=2)
+        # Failed at T0 (drive's clock); the retry is due after 5 min, then after 10.
+        report = tick(engine, clock + minute)
+        assert (report.paused, report.retried) == ([], 0)
+        due = T0 + timedelta(minutes=5 * 2 ** (attempt - 1))
+        assert tick(engine, due - minute).retried == 0
+        assert tick(engine, due).retried == 2
+        clock = due
+        states = alice.get(f"/api/v1/campaigns/{cid}").json()["waves"][0]["states"]
+        assert states == {"pending": 4}
+    drive(engine, cid, 1, FAIL, count=2)  # the third and last attempt fails too
+    assert tick(engine, clock + minute).paused == [cid]
