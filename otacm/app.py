@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from otacm import __version__
+from otacm.alerts.endpoints import router as alerts_router
 from otacm.campaigns.endpoints import router as campaigns_router
 from otacm.config import Settings, get_settings
 from otacm.console.pages import router as console_router
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(updates_router)
     app.include_router(targeting_router)
     app.include_router(campaigns_router)
+    app.include_router(alerts_router)
     app.include_router(downloads_router)
     app.include_router(console_router)
     return app

@@ -25,6 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from otacm.alerts.service import AlertKind, raise_alert
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment
 from otacm.campaigns.policy import (
     Action,
@@ -40,6 +41,8 @@ from otacm.security import audit
 from otacm.security.audit import Actor
 
 log = logging.getLogger("otacm.engine")
+# Deployments of one campaign timing out in one tick that make an alert.
+TIMEOUT_SPIKE = 5
 ENGINE = Actor("otacm-engine", "system", "local")
 # Offers not yet taken up when a campaign's end time comes: they expire.
 EXPIRABLE = (DeploymentState.PENDING, DeploymentState.OFFERED, DeploymentState.POSTPONED)
@@ -111,10 +114,25 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
             )
             .values(state=DeploymentState.EXPIRED.value, state_entered_at=now, updated_at=now)
         )
-        report.expired += expired.rowcount  # type: ignore[attr-defined]
+        count = int(expired.rowcount)  # type: ignore[attr-defined]
+        report.expired += count
         _finish(session, campaign, now, report, reason="end time reached")
+        if count:
+            raise_alert(
+                session, AlertKind.END_TIME_REACHED,
+                f"campaign {campaign.id} ({campaign.name}) reached its end time with {count:,} "
+                "vehicles not updated", campaign_id=campaign.id, details={"expired": count},
+                now=now,
+            )  # fmt: skip
         return
-    report.timed_out += _time_out(session, campaign, rollout, now)
+    timed_out = _time_out(session, campaign, rollout, now)
+    report.timed_out += timed_out
+    if timed_out >= TIMEOUT_SPIKE:
+        raise_alert(
+            session, AlertKind.TIMEOUT_SPIKE,
+            f"{timed_out:,} deployments of campaign {campaign.id} ({campaign.name}) timed out "
+            "at once", campaign_id=campaign.id, details={"timed_out": timed_out}, now=now,
+        )  # fmt: skip
     report.retried += _retry(session, campaign, rollout, now)
     waves = list(
         session.scalars(
@@ -176,6 +194,13 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         _record(
             session, campaign, "campaign.pause", wave=open_wave.number, reason=verdict.reason.value
         )
+        raise_alert(
+            session, AlertKind.FAILURE_THRESHOLD,
+            f"campaign {campaign.id} ({campaign.name}) paused in wave {open_wave.number}: "
+            f"{verdict.reason.value.replace('_', ' ')}", campaign_id=campaign.id,
+            details={"wave": open_wave.number, "states": {k.value: v for k, v in by_state.items()}},
+            now=now,
+        )  # fmt: skip
 
 
 def _retry(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: datetime) -> int:
@@ -254,6 +279,11 @@ def _finish(
     campaign.finished_at = campaign.updated_at = now
     report.completed.append(campaign.id)
     _record(session, campaign, "campaign.complete", reason=reason)
+    raise_alert(
+        session, AlertKind.CAMPAIGN_FINISHED,
+        f"campaign {campaign.id} ({campaign.name}) completed: {reason}",
+        campaign_id=campaign.id, now=now,
+    )  # fmt: skip
 
 
 def _record(session: Session, campaign: Campaign, action: str, **after: object) -> None:

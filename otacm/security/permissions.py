@@ -27,6 +27,8 @@ class Permission(StrEnum):
     CAMPAIGNS_READ = "campaigns.read"
     CAMPAIGNS_WRITE = "campaigns.write"
     CAMPAIGNS_APPROVE = "campaigns.approve"
+    ALERTS_READ = "alerts.read"
+    ALERTS_ACKNOWLEDGE = "alerts.acknowledge"
     UPDATES_WRITE = "updates.write"
     UPDATES_RELEASE = "updates.release"
     AUDIT_READ = "audit.read"
@@ -41,6 +43,7 @@ _READ = {
     Permission.UPDATES_READ,
     Permission.TARGETING_PREVIEW,
     Permission.CAMPAIGNS_READ,
+    Permission.ALERTS_READ,
     Permission.AUDIT_READ,
     Permission.TOKENS_OWN,
 }
@@ -50,7 +53,8 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.FLEET_ADMIN: frozenset(_READ | {Permission.FLEET_IMPORT, Permission.VEHICLE_WRITE}),
     Role.ENGINEER: frozenset(_READ | {Permission.UPDATES_WRITE, Permission.UPDATES_RELEASE}),
     Role.CAMPAIGN_MANAGER: frozenset(
-        _READ | {Permission.CAMPAIGNS_WRITE, Permission.CAMPAIGNS_APPROVE}
+        _READ
+        | {Permission.CAMPAIGNS_WRITE, Permission.CAMPAIGNS_APPROVE, Permission.ALERTS_ACKNOWLEDGE}
     ),
     Role.VIEWER: frozenset(_READ),
 }

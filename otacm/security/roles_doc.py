@@ -16,6 +16,8 @@ DESCRIPTIONS = {
     Permission.CAMPAIGNS_READ: "read campaigns",
     Permission.CAMPAIGNS_WRITE: "define campaigns, edit drafts, submit them for approval",
     Permission.CAMPAIGNS_APPROVE: "approve or reject another manager's campaign (four eyes)",
+    Permission.ALERTS_READ: "read alerts (campaign paused, timeouts, finished)",
+    Permission.ALERTS_ACKNOWLEDGE: "acknowledge alerts",
     Permission.AUDIT_READ: "read and export the audit log",
     Permission.USERS_MANAGE: "create users, change roles, disable, set passwords, lift lockouts",
     Permission.TOKENS_OWN: "see who one is; create, list and revoke one's own API tokens",

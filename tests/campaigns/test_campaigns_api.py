@@ -539,3 +539,49 @@ def test_retryable_failures_get_their_attempts_with_backoff_before_they_count(
         assert states == {"pending": 4}
     drive(engine, cid, 1, FAIL, count=2)  # the third and last attempt fails too
     assert tick(engine, clock + minute).paused == [cid]
+
+
+# Alerts -----------------------------------------------------------------------------------
+
+
+def test_the_engine_raises_alerts_that_operators_acknowledge(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    no_retries = {"max_attempts": 1}  # a timeout is final, and counts as a failure
+    alice, cid = launched(
+        as_role,
+        rollout={**ROLLOUT, "timeouts": {"in_progress": "PT2H"}, "retries": no_retries},
+    )
+    tick(engine, T0)
+    drive(engine, cid, 1, ["offer", "accepted"], count=4)
+    drive(engine, cid, 2, ["offer", "accepted"], count=2)
+    tick(engine, T0 + timedelta(hours=3))  # six time out at once: a spike, and a pause
+    viewer = as_role("viewer")
+    open_alerts = viewer.get("/api/v1/alerts", params={"acknowledged": False}).json()["items"]
+    assert [(a["kind"], a["campaign_id"]) for a in open_alerts] == [
+        ("failure_threshold", cid),
+        ("timeout_spike", cid),
+    ]
+    assert open_alerts[1]["details"] == {"timed_out": 6}
+    first = open_alerts[0]["id"]
+    error(viewer.post(f"/api/v1/alerts/{first}/acknowledge"), 403, "forbidden")
+    acked = alice.post(f"/api/v1/alerts/{first}/acknowledge")
+    assert acked.status_code == 200, acked.text
+    assert acked.json()["acknowledged_by"] == "alice"
+    error(alice.post(f"/api/v1/alerts/{first}/acknowledge"), 409, "conflict")
+    still_open = alice.get("/api/v1/alerts", params={"acknowledged": False}).json()["items"]
+    assert [a["kind"] for a in still_open] == ["timeout_spike"]
+    alice.post(f"/api/v1/campaigns/{cid}/cancel", json={})
+    assert alice.get("/api/v1/alerts", params={"campaign_id": cid}).json()["items"]
+
+
+def test_a_finished_campaign_is_announced(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(as_role, rollout={"waves": {"steps": [{"percent": 100}]}})
+    tick(engine, T0)
+    drive(engine, cid, 1, SUCCEED, count=37)
+    assert tick(engine, T0 + timedelta(minutes=1)).completed == [cid]
+    [finished] = alice.get("/api/v1/alerts").json()["items"]
+    assert finished["kind"] == "campaign_finished"
+    assert finished["severity"] == "info"

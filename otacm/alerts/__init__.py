@@ -1,0 +1,1 @@
+"""Alerts for operators: a campaign paused, a timeout spike, a campaign finished."""
