@@ -133,6 +133,25 @@ def submit_campaign(
     return _out(session, service.submit(session, principal.actor, campaign_id))
 
 
+def _decided(
+    session: Session,
+    settings: Settings,
+    principal: Principal,
+    campaign_id: int,
+    approve: bool,
+    comment: str,
+) -> CampaignOut:
+    campaign = service.decide(
+        session,
+        principal.actor,
+        campaign_id,
+        approve=approve,
+        comment=comment,
+        four_eyes=settings.campaign_four_eyes,
+    )
+    return _out(session, campaign)
+
+
 @router.post("/campaigns/{campaign_id}/approve", response_model=CampaignOut)
 def approve_campaign(
     campaign_id: int,
@@ -142,15 +161,7 @@ def approve_campaign(
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_APPROVE))],
 ) -> CampaignOut:
     """Approve a submitted campaign (not one's own, under the four-eyes rule)."""
-    campaign = service.decide(
-        session,
-        principal.actor,
-        campaign_id,
-        approve=True,
-        comment=body.comment,
-        four_eyes=settings.campaign_four_eyes,
-    )
-    return _out(session, campaign)
+    return _decided(session, settings, principal, campaign_id, True, body.comment)
 
 
 @router.post("/campaigns/{campaign_id}/reject", response_model=CampaignOut)
@@ -162,15 +173,7 @@ def reject_campaign(
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_APPROVE))],
 ) -> CampaignOut:
     """Send a submitted campaign back, saying why."""
-    campaign = service.decide(
-        session,
-        principal.actor,
-        campaign_id,
-        approve=False,
-        comment=body.comment,
-        four_eyes=settings.campaign_four_eyes,
-    )
-    return _out(session, campaign)
+    return _decided(session, settings, principal, campaign_id, False, body.comment)
 
 
 @router.post("/campaigns/{campaign_id}/launch", response_model=CampaignOut)
