@@ -156,6 +156,7 @@ def worker(database_url: DatabaseOption = None) -> None:
 
 def _register() -> None:
     from otacm.bench.cli import app as bench_app
+    from otacm.campaigns.cli import campaigns_app
     from otacm.demo import demo
     from otacm.fleet.cli import fleet_app, vehicles_app
     from otacm.security.cli import audit_app, tokens_app, users_app
@@ -172,6 +173,7 @@ def _register() -> None:
     app.add_typer(keys_app, name="keys")
     app.add_typer(updates_app, name="updates")
     app.add_typer(targeting_app, name="targeting")
+    app.add_typer(campaigns_app, name="campaigns")
     app.command()(demo)
 
 

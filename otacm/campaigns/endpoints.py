@@ -17,13 +17,18 @@ from otacm.campaigns.schemas import (
     CampaignPage,
     CampaignState,
     Decision,
+    DeploymentOut,
+    DeploymentPage,
     LaunchRequest,
     Operation,
     Rejection,
     WaveOut,
 )
+from otacm.campaigns.states import DeploymentState
 from otacm.config import Settings
 from otacm.deps import SessionDep, WriteSessionDep, get_settings
+from otacm.fleet.models import Vehicle
+from otacm.fleet.records import Region
 from otacm.fleet.repository import decode_cursor, encode_cursor
 from otacm.security.auth import Principal, require
 from otacm.security.permissions import Permission
@@ -195,6 +200,61 @@ def launch_campaign(
         margin=settings.campaign_launch_margin,
     )
     return _out(session, campaign)
+
+
+@router.get("/campaigns/{campaign_id}/deployments", response_model=DeploymentPage)
+def list_deployments(
+    campaign_id: int,
+    session: SessionDep,
+    _: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_READ))],
+    state: Annotated[list[DeploymentState], Query()] = [],  # noqa: B006 (FastAPI copies defaults)
+    wave: int | None = None,
+    failure_code: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[list[str], Query()] = [],  # noqa: B006
+    region: Annotated[list[Region], Query()] = [],  # noqa: B006
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> DeploymentPage:
+    """The campaign's deployments with their vehicle, filtered, in id order."""
+    service.get(session, campaign_id)
+    query = (
+        select(Deployment, Vehicle.vin, Vehicle.model, Vehicle.region)
+        .join(Vehicle, Vehicle.id == Deployment.vehicle_id)
+        .where(Deployment.campaign_id == campaign_id)
+        .order_by(Deployment.id)
+    )
+    if state:
+        query = query.where(Deployment.state.in_([s.value for s in state]))
+    if wave is not None:
+        query = query.where(Deployment.wave == wave)
+    if failure_code:
+        query = query.where(Deployment.failure_code == failure_code)
+    if model:
+        query = query.where(Vehicle.model.in_(model))
+    if region:
+        query = query.where(Vehicle.region.in_([r.value for r in region]))
+    if cursor:
+        query = query.where(Deployment.id > decode_cursor(cursor))
+    rows = session.execute(query.limit(limit + 1)).all()
+    items = [
+        DeploymentOut(
+            id=d.id,
+            vin=vin,
+            model=vehicle_model,
+            region=vehicle_region,
+            wave=d.wave,
+            state=d.state,
+            attempts=d.attempts,
+            state_entered_at=d.state_entered_at,
+            next_attempt_at=d.next_attempt_at,
+            failure_code=d.failure_code,
+            failure_detail=d.failure_detail,
+        )
+        for d, vin, vehicle_model, vehicle_region in rows[:limit]
+    ]
+    return DeploymentPage(
+        items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None
+    )
 
 
 def _operate(name: str, summary: str) -> None:

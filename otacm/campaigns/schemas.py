@@ -170,3 +170,22 @@ class CampaignOut(BaseModel):
 class CampaignPage(BaseModel):
     items: list[CampaignOut]
     next_cursor: str | None
+
+
+class DeploymentOut(BaseModel):
+    id: int
+    vin: str
+    model: str
+    region: str
+    wave: int
+    state: str
+    attempts: int
+    state_entered_at: datetime
+    next_attempt_at: datetime | None
+    failure_code: str | None
+    failure_detail: str | None
+
+
+class DeploymentPage(BaseModel):
+    items: list[DeploymentOut]
+    next_cursor: str | None

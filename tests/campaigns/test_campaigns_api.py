@@ -585,3 +585,76 @@ def test_a_finished_campaign_is_announced(
     [finished] = alice.get("/api/v1/alerts").json()["items"]
     assert finished["kind"] == "campaign_finished"
     assert finished["severity"] == "info"
+
+
+def test_deployments_are_listed_with_filters_and_pages(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(as_role, rollout=ROLLOUT)
+    tick(engine, T0)
+    drive(engine, cid, 1, FAIL, count=2)
+    url = f"/api/v1/campaigns/{cid}/deployments"
+    failed = alice.get(url, params={"state": "failed"}).json()["items"]
+    assert [(d["state"], d["failure_code"], d["wave"]) for d in failed] == [
+        ("failed", "flash_error", 1),
+    ] * 2
+    assert {d["vin"] for d in failed} <= set(fleet)
+    assert len(alice.get(url, params={"wave": 2, "limit": 1000}).json()["items"]) == 33
+    assert alice.get(url, params={"region": "NA"}).json()["items"] == []
+    assert len(alice.get(url, params={"failure_code": "flash_error"}).json()["items"]) == 2
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = alice.get(url, params={"limit": 10, **({"cursor": cursor} if cursor else {})})
+        body = page.json()
+        seen += [d["id"] for d in body["items"]]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) == 37
+    error(alice.get(url, params={"state": "bogus"}), 422, "validation_failed", "state")
+    assert alice.get("/api/v1/campaigns/999/deployments").status_code == 404
+
+
+def test_campaign_commands(
+    fleet: list[str], settings: Settings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from otacm.cli import app
+    from otacm.config import get_settings
+
+    db = ["--database-url", settings.database_url]
+    runner = CliRunner()
+    document = tmp_path / "campaign.json"
+    document.write_text(json.dumps(campaign()))
+    created = runner.invoke(app, ["campaigns", "create", str(document), *db])
+    assert created.exit_code == 0, created.output
+    cid = created.stdout.strip().splitlines()[-1]
+    assert runner.invoke(app, ["campaigns", "submit", cid, *db]).exit_code == 0
+    own = runner.invoke(app, ["campaigns", "approve", cid, *db])
+    assert own.exit_code == 1  # the same operator created it: four eyes
+    assert "another campaign manager" in own.output
+    monkeypatch.setenv("OTACM_CAMPAIGN_FOUR_EYES", "false")
+    get_settings.cache_clear()
+    try:
+        assert runner.invoke(app, ["campaigns", "approve", cid, *db]).exit_code == 0
+        refused = runner.invoke(app, ["campaigns", "launch", cid, "--expected-vehicles", "5", *db])
+        assert refused.exit_code == 1
+        assert "would reach 37 vehicles" in " ".join(refused.output.split())
+        launched = runner.invoke(
+            app, ["campaigns", "launch", cid, "--expected-vehicles", "37", *db]
+        )
+        assert launched.exit_code == 0, launched.output
+        assert "is running" in launched.output
+        assert runner.invoke(app, ["campaigns", "pause", cid, *db]).exit_code == 0
+        cancelled = runner.invoke(app, ["campaigns", "cancel", cid, "--comment", "test", *db])
+        assert "is cancelled" in cancelled.output
+        listed = runner.invoke(app, ["campaigns", "list", *db])
+        assert "cancelled" in listed.stdout
+        shown = runner.invoke(app, ["campaigns", "show", cid, *db])
+        assert json.loads(shown.stdout)["state"] == "cancelled"
+    finally:
+        get_settings.cache_clear()
