@@ -41,6 +41,8 @@ from otacm.security import audit
 from otacm.security.audit import Actor
 
 log = logging.getLogger("otacm.engine")
+# Campaigns a tick looks at.
+TICKED = (CampaignState.RUNNING.value, CampaignState.PAUSED.value)
 # Deployments of one campaign timing out in one tick that make an alert.
 TIMEOUT_SPIKE = 5
 ENGINE = Actor("otacm-engine", "system", "local")
@@ -82,20 +84,14 @@ def tick(factory: sessionmaker[Session], now: datetime | None = None) -> TickRep
                 object_id=campaign.id, after={"state": campaign.state},
             )  # fmt: skip
     with unit_of_work(factory) as session:
-        running = list(
-            session.scalars(
-                select(Campaign.id).where(Campaign.state == CampaignState.RUNNING.value)
-            )
-        )
+        # Paused campaigns too: their end time still ends them.
+        running = list(session.scalars(select(Campaign.id).where(Campaign.state.in_(TICKED))))
     for campaign_id in running:
         with unit_of_work(factory) as session:
             claimed = session.scalar(
                 _claim(
                     session,
-                    select(Campaign).where(
-                        Campaign.id == campaign_id,
-                        Campaign.state == CampaignState.RUNNING.value,
-                    ),
+                    select(Campaign).where(Campaign.id == campaign_id, Campaign.state.in_(TICKED)),
                 )
             )
             if claimed is not None:  # another engine has it, or it changed meanwhile
@@ -125,6 +121,8 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
                 now=now,
             )  # fmt: skip
         return
+    if campaign.state != CampaignState.RUNNING.value:
+        return  # paused: nothing moves until an operator resumes it
     timed_out = _time_out(session, campaign, rollout, now)
     report.timed_out += timed_out
     if timed_out >= TIMEOUT_SPIKE:

@@ -658,3 +658,14 @@ def test_campaign_commands(
         assert json.loads(shown.stdout)["state"] == "cancelled"
     finally:
         get_settings.cache_clear()
+
+
+def test_a_paused_campaign_still_ends_at_its_end_time(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(as_role, ends_at="2031-05-05T10:00:00+00:00", rollout=ROLLOUT)
+    tick(engine, T0)
+    alice.post(f"/api/v1/campaigns/{cid}/pause", json={})
+    assert tick(engine, T0 + timedelta(hours=1)).opened == []
+    report = tick(engine, T0 + timedelta(days=2))
+    assert (report.completed, report.expired) == ([cid], 37)
