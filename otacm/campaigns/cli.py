@@ -91,18 +91,22 @@ def submit(campaign_id: int, database_url: DatabaseOption = None) -> None:
     _in_session(database_url, lambda s: service.submit(s, cli_actor(), campaign_id))
 
 
+def _decide(campaign_id: int, approve: bool, comment: str, database_url: str | None) -> None:
+    four_eyes = settings_with(database_url).campaign_four_eyes
+    _in_session(
+        database_url,
+        lambda s: service.decide(
+            s, cli_actor(), campaign_id, approve=approve, comment=comment, four_eyes=four_eyes
+        ),
+    )
+
+
 @campaigns_app.command("approve")
 def approve(
     campaign_id: int, comment: CommentOption = "", database_url: DatabaseOption = None
 ) -> None:
     """Approve a submitted campaign (not one's own, under the four-eyes rule)."""
-    four_eyes = settings_with(database_url).campaign_four_eyes
-    _in_session(
-        database_url,
-        lambda s: service.decide(
-            s, cli_actor(), campaign_id, approve=True, comment=comment, four_eyes=four_eyes
-        ),
-    )
+    _decide(campaign_id, True, comment, database_url)
 
 
 @campaigns_app.command("reject")
@@ -112,13 +116,7 @@ def reject(
     database_url: DatabaseOption = None,
 ) -> None:
     """Send a submitted campaign back."""
-    four_eyes = settings_with(database_url).campaign_four_eyes
-    _in_session(
-        database_url,
-        lambda s: service.decide(
-            s, cli_actor(), campaign_id, approve=False, comment=comment, four_eyes=four_eyes
-        ),
-    )
+    _decide(campaign_id, False, comment, database_url)
 
 
 @campaigns_app.command("launch")

@@ -10,8 +10,6 @@ expected from the preview; beyond the margin the transaction rolls back and noth
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
-from fractions import Fraction
 from typing import Any
 
 from sqlalchemy import case, func, insert, literal, select
@@ -19,7 +17,13 @@ from sqlalchemy.orm import Session
 
 from otacm.campaigns import service
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment
-from otacm.campaigns.policy import RolloutPolicy, WavePlan, spread_order, wave_bounds
+from otacm.campaigns.policy import (
+    RolloutPolicy,
+    WavePlan,
+    exact_share,
+    spread_order,
+    wave_bounds,
+)
 from otacm.campaigns.schemas import CampaignState, Urgency
 from otacm.campaigns.states import DeploymentState
 from otacm.db import is_postgresql, utcnow
@@ -28,31 +32,13 @@ from otacm.security import audit
 from otacm.security.audit import Actor
 from otacm.targeting import preview
 from otacm.targeting import service as targeting
-from otacm.targeting.eligibility import ELIGIBLE, RegionRule
+from otacm.targeting.eligibility import ELIGIBLE
 from otacm.targeting.schemas import RegionRestriction
 from otacm.targeting.selection import TargetSelection, selection_condition
-
-# The modulus of the spread order (see policy.SpreadOrder).
-_P = 2_999_999_777
 
 
 class LaunchCountMismatch(Conflict):
     code = "launch_count_mismatch"
-
-
-def _region_rule(regions: RegionRestriction) -> RegionRule:
-    return RegionRule(
-        allowed_regions=frozenset(r.value for r in regions.allowed_regions),
-        excluded_regions=frozenset(r.value for r in regions.excluded_regions),
-        allowed_countries=frozenset(regions.allowed_countries),
-        excluded_countries=frozenset(regions.excluded_countries),
-    )
-
-
-def _spread_key(campaign_id: int, vehicle_id: Any) -> Any:
-    order = spread_order(campaign_id)
-    x = ((vehicle_id % _P) * order.a + order.b) % _P
-    return ((((x * x) % _P) * x % _P) * order.c + order.d) % _P
 
 
 def launch(
@@ -80,7 +66,7 @@ def launch(
     plan = preview.make_plan(
         session,
         [targeting.rule_of(u) for u in updates],
-        regions=_region_rule(regions),
+        regions=targeting.region_rule(regions),
         known_counters=targeting.known_counters(session),
     )
     dialect = session.get_bind().dialect.name
@@ -96,7 +82,7 @@ def launch(
                 func.row_number().over(
                     order_by=(
                         case((is_canary, 0), else_=1),
-                        _spread_key(campaign.id, eligible.c.vehicle_id),
+                        spread_order(campaign.id).expression(eligible.c.vehicle_id),
                         eligible.c.vehicle_id,
                     )
                 )
@@ -184,7 +170,7 @@ def _bound_expressions(plan: WavePlan, total: Any, canaries: Any, postgres: bool
         if step.count is not None:
             wanted: Any = case((total < step.count, total), else_=step.count)
         else:
-            share = Fraction(Decimal(repr(step.percent or 0))) / 100
+            share = exact_share(step.percent or 0) / 100
             # Rounded up, in integers: (total * n + d - 1) / d.
             wanted = (total * share.numerator + share.denominator - 1) // share.denominator
         reached = highest(reached, wanted)

@@ -60,6 +60,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy import BigInteger, ColumnElement, cast
 
 from otacm.campaigns.states import COMMITTED, FINAL, RETRYABLE_FAILURES, DeploymentState
 
@@ -85,13 +86,13 @@ def _failure_code(value: str) -> str:
 FailureCode = Annotated[str, AfterValidator(_failure_code)]
 
 
-def _exact(percent: float) -> Fraction:
+def exact_share(percent: float) -> Fraction:
     """The percentage as written (7.1 is 71/10, not the float next to it)."""
     return Fraction(Decimal(repr(percent)))
 
 
 def _check_decimals(value: float) -> float:
-    if _exact(value).denominator > 10**PERCENT_DECIMALS:
+    if exact_share(value).denominator > 10**PERCENT_DECIMALS:
         raise ValueError(f"{value} has more than {PERCENT_DECIMALS} decimals")
     return value
 
@@ -344,11 +345,11 @@ class SpreadOrder:
         x = (vehicle_key * self.a + self.b) % _P
         return (x * x * x * self.c + self.d) % _P
 
-    def sql(self, column: str) -> str:
-        """The same key as an SQL expression over an integer column (PostgreSQL and SQLite);
-        rank by it and then by the id: `ORDER BY <sql>, id`."""
-        x = f"((CAST({column} AS BIGINT) % {_P}) * {self.a} + {self.b}) % {_P}"
-        return f"((((({x}) * ({x})) % {_P}) * ({x}) % {_P}) * {self.c} + {self.d}) % {_P}"
+    def expression(self, column: ColumnElement[int]) -> ColumnElement[int]:
+        """The same key as an SQL expression over an integer column (PostgreSQL and SQLite),
+        reduced after each product so no step leaves BIGINT; rank by it, then by the id."""
+        x = ((cast(column, BigInteger) % _P) * self.a + self.b) % _P
+        return ((((x * x) % _P) * x % _P) * self.c + self.d) % _P
 
 
 def spread_order(campaign_id: int) -> SpreadOrder:
@@ -370,7 +371,7 @@ def wave_bounds(total: int, plan: WavePlan, canary: int = 0) -> list[int]:
         if step.count is not None:
             wanted = min(total, step.count)
         else:
-            share = _exact(step.percent or 0) / 100
+            share = exact_share(step.percent or 0) / 100
             wanted = -(-total * share.numerator // share.denominator)  # rounded up
         reached = max(reached, wanted)
         bounds.append(reached)
@@ -509,7 +510,7 @@ class Verdict:
 
 
 def success_met(counts: WaveCounts, plan: WavePlan) -> bool:
-    share = _exact(plan.success_threshold_percent)
+    share = exact_share(plan.success_threshold_percent)
     return counts.participants > 0 and counts.succeeded * 100 >= share * counts.participants
 
 
@@ -522,7 +523,7 @@ def failure_exceeded(
     finished = max(0, counts.finished - before.finished)
     failed = max(0, counts.failed - before.failed)
     needed = min(plan.failure_min_finished, counts.participants - before.finished)
-    share = _exact(plan.failure_threshold_percent)
+    share = exact_share(plan.failure_threshold_percent)
     return needed > 0 and finished >= needed and failed * 100 > share * finished
 
 

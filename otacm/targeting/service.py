@@ -31,6 +31,7 @@ from otacm.targeting.schemas import (
     PreviewOut,
     PreviewRequest,
     ReasonCount,
+    RegionRestriction,
     UpdateBrief,
     UpdateVerdict,
     VehicleUpdatesOut,
@@ -84,10 +85,10 @@ def known_counters(session: Session) -> KnownCounters:
     """The highest release counter of every released (or withdrawn) version, per ECU type."""
     counters: dict[tuple[str, str], int] = {}
     query = select(
-        SoftwareUpdate.ecu_type, SoftwareUpdate.version_sort, SoftwareUpdate.release_counter
+        SoftwareUpdate.ecu_type, SoftwareUpdate.version, SoftwareUpdate.release_counter
     ).where(SoftwareUpdate.release_counter.is_not(None))
-    for ecu_type, version_sort, counter in session.execute(query):
-        key = (ecu_type, version_sort.split(" ", 1)[0])  # versions.reading_key
+    for ecu_type, version, counter in session.execute(query):
+        key = (ecu_type, versions.reading_key(version))
         counters[key] = max(counters.get(key, 0), counter or 0)
     return counters
 
@@ -115,8 +116,8 @@ def targetable_updates(session: Session, update_ids: Sequence[int]) -> list[Soft
     return [found[i] for i in dict.fromkeys(update_ids)]
 
 
-def _region_rule(request: PreviewRequest) -> RegionRule:
-    r = request.regions
+def region_rule(r: RegionRestriction) -> RegionRule:
+    """The preview's and a campaign's region restriction, as the eligibility rules take it."""
     return RegionRule(
         allowed_regions=frozenset(x.value for x in r.allowed_regions),
         excluded_regions=frozenset(x.value for x in r.excluded_regions),
@@ -130,7 +131,7 @@ def plan_for(session: Session, request: PreviewRequest) -> tuple[list[SoftwareUp
     plan = preview.make_plan(
         session,
         [rule_of(u) for u in updates],
-        regions=_region_rule(request),
+        regions=region_rule(request.regions),
         known_counters=known_counters(session),
         allow_downgrade=request.allow_downgrade,
     )

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from sqlalchemy import Engine, text
+from sqlalchemy import BigInteger, Column, Engine, MetaData, Table, select
 
 from otacm.campaigns.policy import (
     Action,
@@ -427,16 +427,18 @@ def test_spread_order_in_sql_is_the_same(engine: Engine) -> None:
     """The SQL form gives the same keys and the same order on SQLite and PostgreSQL, with no
     BIGINT overflow even for the largest ids."""
     ids = EDGE_IDS + random.Random(5).sample(range(1, 10_000_000), 2000)
-    values = ", ".join(f"({v})" for v in ids)
-    for campaign_id in (1, 2, 123_456_789, 2**40):
-        order = spread_order(campaign_id)
-        key = order.sql("v")
-        query = f"WITH t(v) AS (VALUES {values}) SELECT v, {key} FROM t ORDER BY {key}, v"
-        with engine.connect() as conn:
-            rows = conn.execute(text(query)).all()
-        assert [(int(v), int(k)) for v, k in rows] == sorted(
-            ((v, order.key(v)) for v in ids), key=lambda row: (row[1], row[0])
-        )
+    table = Table("spread_ids", MetaData(), Column("v", BigInteger), prefixes=["TEMPORARY"])
+    with engine.connect() as conn:
+        table.create(conn)
+        conn.execute(table.insert(), [{"v": v} for v in ids])
+        for campaign_id in (1, 2, 123_456_789, 2**40):
+            order = spread_order(campaign_id)
+            key = order.expression(table.c.v)
+            rows = conn.execute(select(table.c.v, key).order_by(key, table.c.v)).all()
+            assert [(int(v), int(k)) for v, k in rows] == sorted(
+                ((v, order.key(v)) for v in ids), key=lambda row: (row[1], row[0])
+            )
+        conn.rollback()
 
 
 # --- verdicts ---------------------------------------------------------------------------------
