@@ -44,6 +44,8 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
+from otacm.campaigns.models import Campaign, Deployment
+from otacm.campaigns.states import UNFINISHED
 from otacm.db import is_postgresql
 from otacm.fleet.models import BigId, Ecu, Vehicle
 from otacm.targeting.eligibility import (
@@ -57,6 +59,10 @@ from otacm.targeting.eligibility import (
     UpdateRule,
     installed_version_stage,
 )
+
+# Campaigns whose unfinished deployments make a vehicle busy (plain strings: the campaign
+# states' enum lives with the campaign schemas, which import targeting).
+LIVE_CAMPAIGNS = ("scheduled", "running", "paused")
 
 # Codes of the vehicle-level reasons, above the per-update stages 1..10.
 VEHICLE_REASON_CODES = {
@@ -96,6 +102,9 @@ class PreviewPlan:
     # Per update: the versions installed on its ECU type; an ECU's version is reported as its
     # position in this list (1-based; 0 for a version first seen after planning).
     installed: dict[int, list[str]] = field(default_factory=dict)
+    # Whether any vehicle has an unfinished deployment in a live campaign; if none, the
+    # per-vehicle lookup is left out.
+    any_busy: bool = False
 
 
 # The distinct versions of one ECU type by skipping through the (ecu_type, software_version)
@@ -120,6 +129,33 @@ def installed_versions(session: Session, ecu_type: str) -> list[str]:
     """The distinct software versions ECUs of `ecu_type` run or ran. Removed ECUs count too:
     classifying a version nobody runs any more costs nothing, and it keeps this an index walk."""
     return list(session.scalars(_DISTINCT_VERSIONS, {"ecu_type": ecu_type}))
+
+
+def busy_condition(vehicle_id: Any) -> ColumnElement[bool]:
+    """The vehicle has an unfinished deployment (pending … installed) in a campaign that is
+    scheduled, running or paused: it is `busy_in_other_campaign` for any other selection."""
+    return exists(
+        select(Deployment.id)
+        .join(Campaign, Campaign.id == Deployment.campaign_id)
+        .where(
+            Deployment.vehicle_id == vehicle_id,
+            Deployment.state.in_([s.value for s in UNFINISHED]),
+            Campaign.state.in_(LIVE_CAMPAIGNS),
+        )
+    )
+
+
+def any_busy(session: Session) -> bool:
+    live = (
+        select(Deployment.id)
+        .join(Campaign, Campaign.id == Deployment.campaign_id)
+        .where(
+            Deployment.state.in_([s.value for s in UNFINISHED]),
+            Campaign.state.in_(LIVE_CAMPAIGNS),
+        )
+        .limit(1)
+    )
+    return session.scalar(live) is not None
 
 
 def make_plan(
@@ -158,7 +194,7 @@ def make_plan(
             for rule in update.dependencies
         ]
     installed = {u.id: versions_of(u.ecu_type)[: VERSION_SLOTS - 1] for u in updates}
-    return PreviewPlan(updates, classes, dependency_versions, regions, installed)
+    return PreviewPlan(updates, classes, dependency_versions, regions, installed, any_busy(session))
 
 
 # Lists up to this long are bound value by value; longer ones as one parameter (an array on
@@ -316,6 +352,7 @@ def vehicle_query(
         Vehicle.region,
         Vehicle.country,
         Vehicle.status,
+        (busy_condition(Vehicle.id) if plan.any_busy else false()).label("busy"),
     ]
     # PostgreSQL joins each update's ECU lookup LATERAL, evaluated once per vehicle and open
     # to parallel workers. SQLite has no LATERAL: there the per-vehicle rows are materialised,
@@ -367,7 +404,7 @@ def vehicle_query(
             _region_refused(plan.regions, c.region, c.country),
             VEHICLE_REASON_CODES[Reason.REGION_NOT_ALLOWED],
         ),
-        # Deployments in other campaigns come with campaigns; until then no vehicle is busy.
+        (c.busy, VEHICLE_REASON_CODES[Reason.BUSY_IN_OTHER_CAMPAIGN]),
         else_=best,
     )
     eligible_updates = sum((case((f == ELIGIBLE, 1), else_=0) for f in finals), start=literal(0))

@@ -185,10 +185,11 @@ def _vehicle_facts(session: Session, vin: str) -> tuple[VehicleFacts, list[EcuFa
     ecus = session.scalars(
         select(Ecu).where(Ecu.vehicle_id == vehicle.id, Ecu.removed_at.is_(None))
     ).all()
-    return vehicle_facts(vehicle), [ecu_facts(e) for e in ecus]
+    busy = bool(session.scalar(select(preview.busy_condition(vehicle.id))))
+    return vehicle_facts(vehicle, busy=busy), [ecu_facts(e) for e in ecus]
 
 
-def vehicle_facts(vehicle: Vehicle) -> VehicleFacts:
+def vehicle_facts(vehicle: Vehicle, *, busy: bool = False) -> VehicleFacts:
     return VehicleFacts(
         vin=vehicle.vin,
         status=vehicle.status,
@@ -197,6 +198,7 @@ def vehicle_facts(vehicle: Vehicle) -> VehicleFacts:
         fuel_type=vehicle.fuel_type,
         region=vehicle.region,
         country=vehicle.country,
+        busy=busy,
     )
 
 

@@ -453,9 +453,15 @@ def test_two_engines_do_each_step_once(
 
     campaigns = []
     for n in range(3):
-        alice, cid = launched(as_role, name=f"parallel {n}", rollout=ROLLOUT)
+        # A vehicle takes part in one live campaign at a time: each gets its own twelve.
+        alice, cid = launched(
+            as_role,
+            expected=12,
+            name=f"parallel {n}",
+            selection={"vins": fleet[12 * n : 12 * (n + 1)]},
+            rollout=ROLLOUT,
+        )
         campaigns.append(cid)
-        # The fleet is shared: later campaigns find the vehicles busy only once offers exist.
     barrier = threading.Barrier(2)
     reports: list[Any] = []
 
@@ -669,3 +675,19 @@ def test_a_paused_campaign_still_ends_at_its_end_time(
     assert tick(engine, T0 + timedelta(hours=1)).opened == []
     report = tick(engine, T0 + timedelta(days=2))
     assert (report.completed, report.expired) == ([cid], 37)
+
+
+def test_vehicles_in_a_live_campaign_are_not_launched_again(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, first = launched(as_role, 10, name="first", selection={"vins": fleet[:10]})
+    bob = as_role("campaign_manager", "bob")
+    second = alice.post("/api/v1/campaigns", json=campaign(name="second")).json()["id"]
+    alice.post(f"/api/v1/campaigns/{second}/submit")
+    bob.post(f"/api/v1/campaigns/{second}/approve", json={})
+    launched_second = alice.post(
+        f"/api/v1/campaigns/{second}/launch", json={"expected_vehicles": 27}
+    )
+    assert launched_second.status_code == 200, launched_second.text
+    assert set(deployments(engine, second)) == set(fleet[10:37])
+    assert alice.post(f"/api/v1/campaigns/{first}/cancel", json={}).status_code == 200

@@ -128,8 +128,9 @@ def expected_reasons(
         ecus = session.scalars(
             select(Ecu).where(Ecu.vehicle_id == vehicle.id, Ecu.removed_at.is_(None))
         ).all()
+        busy = bool(session.scalar(select(preview.busy_condition(vehicle.id))))
         decision = evaluate(
-            service.vehicle_facts(vehicle),
+            service.vehicle_facts(vehicle, busy=busy),
             [service.ecu_facts(e) for e in ecus],
             rules,
             regions=regions,
@@ -491,3 +492,43 @@ def test_many_distinct_installed_versions_are_bound_as_one_list(
     versions = out.installed_versions[0].versions
     assert len(versions) == count
     assert versions[f"4.0.{count // 2}"] == {Reason.ALREADY_UP_TO_DATE: 1}
+
+
+def test_a_vehicle_in_another_live_campaign_is_busy(
+    factory: Callable[[], Any], fleet: None, client: TestClient
+) -> None:
+    from otacm.campaigns.models import Campaign, Deployment
+
+    now = utcnow()
+    with factory() as session:
+        vehicles = {v.vin: v.id for v in session.scalars(select(Vehicle))}
+        for n, state in enumerate(["running", "completed"], start=1):
+            session.add(
+                Campaign(
+                    id=n, name=f"other {n}", category="bug_fix", urgency="immediate",
+                    priority=500, state=state, created_at=now, created_by="test",
+                    updated_at=now,
+                )
+            )  # fmt: skip
+        session.flush()
+        for campaign_id, vin_number, state in [
+            (1, 0, "pending"),
+            (1, 2, "succeeded"),
+            (2, 3, "pending"),
+        ]:
+            session.add(
+                Deployment(
+                    campaign_id=campaign_id, vehicle_id=vehicles[vin(vin_number)], wave=1,
+                    state=state, attempts=0, state_entered_at=now, created_at=now, updated_at=now,
+                )
+            )  # fmt: skip
+    request = PreviewRequest(update_ids=[1])
+    with factory() as session:
+        reasons = sql_reasons(session, request)
+        assert reasons == expected_reasons(session, request, RegionRule())
+    # Unfinished in a running campaign: busy. Finished, or in a completed campaign: not.
+    assert reasons[vin(0)] is Reason.BUSY_IN_OTHER_CAMPAIGN
+    assert reasons[vin(2)] is Reason.ELIGIBLE
+    assert reasons[vin(3)] is Reason.ALREADY_UP_TO_DATE
+    view = client.get(f"/api/v1/vehicles/{vin(0)}/updates").json()
+    assert view["not_applicable"][0]["reason"] == "busy_in_other_campaign"
