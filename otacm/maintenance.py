@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
@@ -33,7 +34,10 @@ class MaintenanceReport:
 
 
 def run_once(
-    factory: sessionmaker[Session], settings: Settings, storage: ArtifactStorage
+    factory: sessionmaker[Session],
+    settings: Settings,
+    storage: ArtifactStorage,
+    now: datetime | None = None,
 ) -> MaintenanceReport:
     report = MaintenanceReport()
     keys = KeyStore.from_settings(settings)
@@ -41,12 +45,12 @@ def run_once(
     try:
         with unit_of_work(factory) as session:
             if keys.initialised() and repository.exists(session):
-                report.resigned = repository.refresh(session, keys)
+                report.resigned = repository.refresh(session, keys, now)
     except Exception as exc:
         log.exception("re-signing the image repository's metadata failed")
         report.errors.append(f"tuf refresh: {exc}")
     try:
-        swept = cleanup_staging(factory, storage, max_age=settings.staging_max_age)
+        swept = cleanup_staging(factory, storage, max_age=settings.staging_max_age, now=now)
         report.expired_staged_files = swept.abandoned_artifacts
         report.orphaned_staged_objects = swept.orphaned_objects
     except Exception as exc:

@@ -331,13 +331,19 @@ def test_s3_storage_downloads_by_redirect_or_stream(
 def test_maintenance_resigns_due_metadata(
     engine: Engine, settings: Settings, signing: KeyStore
 ) -> None:
-    soon = settings.model_copy(update={"tuf_refresh_fraction": 0.999999})
+    from datetime import timedelta
+
+    from otacm.db import utcnow
+
     factory = make_write_session_factory(engine)
-    report = run_once(factory, soon, storage_from_settings(soon))
-    assert "timestamp" in report.resigned
+    storage = storage_from_settings(settings)
+    # Nothing is due right after signing; 13 h on, the one-day timestamp has less than half
+    # its lifetime left (the refresh fraction) and is signed anew, the rest is not due.
+    assert run_once(factory, settings, storage).resigned == []
+    report = run_once(factory, settings, storage, now=utcnow() + timedelta(hours=13))
+    assert report.resigned == ["timestamp"]
     assert report.errors == []
-    report = run_once(factory, settings, storage_from_settings(settings))
-    assert report.resigned == []
+    assert run_once(factory, settings, storage, now=utcnow() + timedelta(hours=13)).resigned == []
 
 
 def test_concurrent_releases_get_distinct_counters(
