@@ -20,6 +20,7 @@ from otacm.console.pages import router as console_router
 from otacm.db import engine_from_settings, make_session_factory, make_write_session_factory
 from otacm.errors import OtacmError
 from otacm.fleet.endpoints import router as fleet_router
+from otacm.notifications.endpoints import router as webhooks_router
 from otacm.observability import RequestRecorder
 from otacm.observability import router as operations_router
 from otacm.security.endpoints import router as operators_router
@@ -78,6 +79,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 )
             )
         )
+    if settings.notification_interval.total_seconds() > 0:
+        from otacm.notifications import delivery
+
+        jobs.append(
+            asyncio.create_task(
+                delivery.run_periodically(
+                    app.state.write_session_factory,
+                    settings,
+                    settings.notification_interval.total_seconds(),
+                )
+            )
+        )
     try:
         yield
     finally:
@@ -115,6 +128,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(targeting_router)
     app.include_router(campaigns_router)
     app.include_router(alerts_router)
+    app.include_router(webhooks_router)
     app.include_router(downloads_router)
     app.include_router(console_router)
     return app

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from otacm.config import Settings, get_settings
 from otacm.db import (
@@ -140,18 +140,31 @@ def serve(
 
 @app.command()
 def worker(database_url: DatabaseOption = None) -> None:
-    """Run the rollout engine on its own (without serving HTTP): a tick every
-    OTACM_ENGINE_INTERVAL. Any number of workers and servers may share one PostgreSQL."""
+    """Run the rollout engine and the notification delivery on their own (without serving
+    HTTP): a tick every OTACM_ENGINE_INTERVAL, a delivery round every
+    OTACM_NOTIFICATION_INTERVAL. Any number of workers and servers may share one PostgreSQL."""
     import asyncio
 
     from otacm.campaigns import engine as rollout
+    from otacm.notifications import delivery
 
     settings = settings_with(database_url)
     interval = settings.engine_interval.total_seconds() or 10.0
+    notify_every = settings.notification_interval.total_seconds() or 10.0
+
+    async def run(factory: sessionmaker[Session]) -> None:
+        await asyncio.gather(
+            rollout.run_periodically(factory, interval),
+            delivery.run_periodically(factory, settings, notify_every),
+        )
+
     with cli_engine(database_url) as db:
-        console.print(f"rollout engine: a tick every {interval:g} s; Ctrl-C stops it")
+        console.print(
+            f"rollout engine: a tick every {interval:g} s; notifications: a round every "
+            f"{notify_every:g} s; Ctrl-C stops it"
+        )
         with suppress(KeyboardInterrupt):
-            asyncio.run(rollout.run_periodically(make_write_session_factory(db), interval))
+            asyncio.run(run(make_write_session_factory(db)))
 
 
 def _register() -> None:
@@ -159,6 +172,7 @@ def _register() -> None:
     from otacm.campaigns.cli import campaigns_app
     from otacm.demo import demo
     from otacm.fleet.cli import fleet_app, vehicles_app
+    from otacm.notifications.cli import webhooks_app
     from otacm.security.cli import audit_app, tokens_app, users_app
     from otacm.security.tuf.cli import keys_app
     from otacm.targeting.cli import targeting_app
@@ -174,6 +188,7 @@ def _register() -> None:
     app.add_typer(updates_app, name="updates")
     app.add_typer(targeting_app, name="targeting")
     app.add_typer(campaigns_app, name="campaigns")
+    app.add_typer(webhooks_app, name="webhooks")
     app.command()(demo)
 
 

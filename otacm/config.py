@@ -6,13 +6,15 @@ The defaults make an embedded installation that needs nothing else: an SQLite fi
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class VinCheckDigitPolicy(StrEnum):
@@ -88,6 +90,30 @@ class Settings(BaseSettings):
     # Period of the rollout engine's tick in `otacm serve` and `otacm worker`; zero turns it
     # off inside `otacm serve` (tests drive it by hand).
     engine_interval: timedelta = timedelta(seconds=10)
+
+    # Period of the notification outbox's delivery round (webhooks, alert email) in
+    # `otacm serve` and `otacm worker`; zero turns it off inside `otacm serve`.
+    notification_interval: timedelta = timedelta(seconds=10)
+    # Alert email: sent only when a host, a sender and at least one recipient are set.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    # STARTTLS before logging in (port 587); off only for a relay on localhost.
+    smtp_starttls: bool = True
+    alert_email_from: str = ""
+    # Recipients: a JSON list or comma-separated addresses.
+    alert_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("alert_email_to", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     def resolved_storage_path(self) -> Path:
         return self.storage_path or self.data_dir / "artifacts"

@@ -3,6 +3,7 @@
 from otacm.alerts import models as alerts_models
 from otacm.campaigns import models as campaigns_models
 from otacm.fleet import models as fleet_models
+from otacm.notifications import models as notifications_models
 from otacm.security import models as security_models
 from otacm.security.tuf import models as tuf_models
 from otacm.updates import models as updates_models
@@ -11,6 +12,7 @@ __all__ = [
     "alerts_models",
     "campaigns_models",
     "fleet_models",
+    "notifications_models",
     "security_models",
     "tuf_models",
     "updates_models",

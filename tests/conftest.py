@@ -85,6 +85,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         data_dir=tmp_path / "data",
         maintenance_interval=timedelta(0),
         engine_interval=timedelta(0),
+        notification_interval=timedelta(0),
     )
 
 

@@ -1,4 +1,9 @@
-"""Raising and acknowledging alerts. Services only flush; the caller commits."""
+"""Raising and acknowledging alerts. Services only flush; the caller commits.
+
+Raising an alert also queues it in the notification outbox (webhooks subscribed to
+`alert.<kind>`, and email when configured) in the same transaction, so every committed alert is
+delivered and a rolled-back one never is.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from otacm.alerts.models import Alert
+from otacm.config import Settings, get_settings
 from otacm.db import is_postgresql, utcnow
 from otacm.errors import Conflict, NotFound
+from otacm.notifications import outbox
 from otacm.security import audit
 from otacm.security.audit import Actor
 
@@ -39,7 +46,10 @@ def raise_alert(
     campaign_id: int | None = None,
     details: dict[str, Any] | None = None,
     now: datetime | None = None,
+    settings: Settings | None = None,
 ) -> Alert:
+    """Store an alert and queue its notifications. `settings` says whether alert email is
+    configured; the process's settings (`OTACM_*`) when not given."""
     alert = Alert(
         kind=kind.value,
         severity=SEVERITY[kind],
@@ -50,6 +60,21 @@ def raise_alert(
     )
     session.add(alert)
     session.flush()
+    outbox.enqueue(
+        session,
+        f"alert.{alert.kind}",
+        {
+            "alert_id": alert.id,
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "campaign_id": alert.campaign_id,
+            "message": alert.message,
+            # A notification must never fail the step that raised the alert.
+            "details": outbox.json_safe(alert.details),
+        },
+        now=alert.created_at,
+        email=outbox.email_configured(settings or get_settings()),
+    )
     return alert
 
 

@@ -35,6 +35,7 @@ class Permission(StrEnum):
     USERS_MANAGE = "users.manage"
     TOKENS_OWN = "tokens.own"
     TOKENS_MANAGE = "tokens.manage"
+    WEBHOOKS_MANAGE = "webhooks.manage"
 
 
 _READ = {

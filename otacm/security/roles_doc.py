@@ -22,6 +22,7 @@ DESCRIPTIONS = {
     Permission.USERS_MANAGE: "create users, change roles, disable, set passwords, lift lockouts",
     Permission.TOKENS_OWN: "see who one is; create, list and revoke one's own API tokens",
     Permission.TOKENS_MANAGE: "list, create and revoke any user's API tokens",
+    Permission.WEBHOOKS_MANAGE: "configure webhook endpoints, rotate their secrets, see deliveries",
 }
 
 
