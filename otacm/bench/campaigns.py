@@ -8,23 +8,45 @@ defined, approved by a second manager and launched with the whole fleet as its s
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, delete, func, insert, literal, select, text, update
 
 from otacm.bench.common import Report, Result
 from otacm.bench.targeting import bench_keys_dir, release_update
-from otacm.campaigns import launch, service
+from otacm.campaigns import engine as engine_module
+from otacm.campaigns import launch, ledger, service
+from otacm.campaigns.models import (
+    Campaign,
+    CampaignUpdate,
+    CampaignWave,
+    Deployment,
+    DeploymentTally,
+)
 from otacm.campaigns.schemas import CampaignCreate
 from otacm.config import Settings
-from otacm.db import make_engine, make_write_session_factory, unit_of_work
+from otacm.db import (
+    make_engine,
+    make_session_factory,
+    make_write_session_factory,
+    unit_of_work,
+    utcnow,
+)
 from otacm.db import upgrade as upgrade_schema
 from otacm.fleet.models import Ecu, Vehicle
 from otacm.security.audit import Actor
 from otacm.targeting import service as targeting
 from otacm.targeting.schemas import PreviewRequest
+
+LIVE = ("scheduled", "running", "paused")
+PROGRESS_RUNS = 20
+TICK_RUNS = 10
+IDLE_CAMPAIGNS = 50
+IDLE_DEPLOYMENTS = 20_000
 
 # A regular (logged) table, like `deployments`, made and dropped in one rolled-back transaction.
 RAW = """
@@ -64,6 +86,12 @@ def run(*, database_url: str, command: str) -> Report:
             .order_by(func.count().desc())
             .limit(1)
         ).scalar_one()
+        # Earlier runs' campaigns would make every vehicle busy: they are over.
+        session.execute(
+            update(Campaign)
+            .where(Campaign.name.like("bench launch %"), Campaign.state.in_(LIVE))
+            .values(state="completed", finished_at=utcnow())
+        )
     report = Report(f"Campaign launch, {vehicles:,} vehicles", command)
     label = "PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite"
     raw, rows = _raw_insert(engine)
@@ -125,5 +153,156 @@ def run(*, database_url: str, command: str) -> Report:
         )
     )
     report.facts["campaign"] = f"id {campaign_id}, {eligible:,} eligible vehicles ({ecu_type})"
+    _bench_progress(engine, report, label, campaign_id, eligible)
+    _bench_idle_tick(engine, report, label, campaign_id)
     engine.dispose()
     return report
+
+
+def _median_seconds(work: Callable[[], object], runs: int) -> float:
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        work()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def _bench_progress(
+    engine: Engine, report: Report, label: str, campaign_id: int, deployments: int
+) -> None:
+    """`GET /api/v1/campaigns/{id}`'s body, built in process, against the scan it replaces."""
+    from otacm.campaigns.endpoints import _out
+
+    read = make_session_factory(engine)
+
+    def scan() -> None:
+        with read() as session:
+            session.execute(
+                select(Deployment.wave, Deployment.state, func.count())
+                .where(Deployment.campaign_id == campaign_id)
+                .group_by(Deployment.wave, Deployment.state)
+            ).all()
+
+    def progress() -> None:
+        with read() as session:
+            _out(session, service.get(session, campaign_id))
+
+    progress()  # warm the caches both ways
+    scan()
+    baseline = _median_seconds(scan, PROGRESS_RUNS)
+    elapsed = _median_seconds(progress, PROGRESS_RUNS)
+    report.add(
+        Result(
+            f"{label}: counting the deployments per state (scan)",
+            baseline,
+            deployments,
+            unit="deployments",
+        )
+    )
+    report.add(
+        Result(
+            f"{label}: campaign progress (GET /api/v1/campaigns/{{id}})",
+            elapsed,
+            deployments,
+            unit="deployments",
+            baseline="scan",
+            ratio=elapsed / baseline,
+            note=f"median of {PROGRESS_RUNS}; target < 100 ms",
+        )
+    )
+
+
+def _bench_idle_tick(engine: Engine, report: Report, label: str, source_id: int) -> None:
+    """An engine tick over `IDLE_CAMPAIGNS` running campaigns with nothing to do: each has
+    `IDLE_DEPLOYMENTS` deployments offered just now (no timeout due, no retry, no finished
+    wave). They are copies of the launched campaign's first deployments, written directly
+    (the benchmark is the tick, not the launch), and removed afterwards."""
+    write = make_write_session_factory(engine)
+    now = utcnow()
+    made: list[int] = []
+    stamp = literal(now, Deployment.created_at.type)
+    try:
+        with unit_of_work(write) as session:
+            source = service.get(session, source_id)
+            updates = service.update_ids_of(session, [source_id])[source_id]
+            for number in range(IDLE_CAMPAIGNS):
+                campaign = Campaign(
+                    name=f"bench idle {time.time_ns()} {number}", category="bug_fix",
+                    urgency="immediate", priority=500, state="running", selection={},
+                    regions={}, consent_required=True, user_notice=source.user_notice,
+                    rollout=source.rollout, kind="normal", created_at=now,
+                    created_by="bench", updated_at=now, launched_at=now, launched_by="bench",
+                )  # fmt: skip
+                session.add(campaign)
+                session.flush()
+                made.append(campaign.id)
+                for position, update_id in enumerate(updates):
+                    session.add(
+                        CampaignUpdate(
+                            campaign_id=campaign.id, update_id=update_id, position=position
+                        )
+                    )
+                session.add(
+                    CampaignWave(
+                        campaign_id=campaign.id, number=1, size=IDLE_DEPLOYMENTS, opened_at=now
+                    )
+                )
+                session.execute(
+                    insert(Deployment).from_select(
+                        ["campaign_id", "vehicle_id", "wave", "state", "attempts",
+                         "state_entered_at", "created_at", "updated_at"],
+                        select(
+                            literal(campaign.id), Deployment.vehicle_id, literal(1),
+                            literal("offered"), literal(1), stamp, stamp, stamp,
+                        )
+                        .where(Deployment.campaign_id == source_id)
+                        .order_by(Deployment.id)
+                        .limit(IDLE_DEPLOYMENTS),
+                    )
+                )  # fmt: skip
+                ledger.record_launch(session, campaign.id, {1: IDLE_DEPLOYMENTS})
+        # Campaigns left running by earlier benchmark runs are ticked too: count them in.
+        with unit_of_work(write) as session:
+            others = session.scalar(
+                select(func.count()).where(
+                    Campaign.state.in_(engine_module.TICKED), Campaign.id.not_in(made)
+                )
+            )
+        running = IDLE_CAMPAIGNS + (others or 0)
+        factory = make_write_session_factory(engine)
+        engine_module.tick(factory, now)  # the first look compacts nothing and warms up
+        read = make_session_factory(engine)
+
+        def lookups() -> None:
+            with read() as session:
+                for campaign_id in made:
+                    session.get(Campaign, campaign_id, populate_existing=True)
+
+        baseline = _median_seconds(lookups, TICK_RUNS)
+        elapsed = _median_seconds(lambda: engine_module.tick(factory, now), TICK_RUNS)
+        report.add(
+            Result(
+                f"{label}: {IDLE_CAMPAIGNS} campaign lookups by key",
+                baseline,
+                IDLE_CAMPAIGNS,
+                unit="campaigns",
+            )
+        )
+        report.add(
+            Result(
+                f"{label}: engine tick, {running} running campaigns, nothing to do",
+                elapsed,
+                running,
+                unit="campaigns",
+                baseline="lookups",
+                ratio=elapsed / baseline,
+                note=f"median of {TICK_RUNS}; {IDLE_DEPLOYMENTS:,} offered deployments each; "
+                "target < 50 ms",
+            )
+        )
+    finally:
+        with unit_of_work(write) as session:
+            for table in (DeploymentTally, Deployment, CampaignWave, CampaignUpdate):
+                session.execute(delete(table).where(table.campaign_id.in_(made)))
+            session.execute(delete(Campaign).where(Campaign.id.in_(made)))

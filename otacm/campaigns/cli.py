@@ -15,12 +15,13 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from otacm.campaigns import children, operations, service
 from otacm.campaigns import launch as launching
-from otacm.campaigns import operations, service
+from otacm.campaigns import report as reporting
 from otacm.campaigns.models import Campaign
 from otacm.campaigns.schemas import CampaignCreate
 from otacm.cli import DatabaseOption, cli_actor, cli_engine, settings_with
-from otacm.db import make_write_session_factory, unit_of_work
+from otacm.db import make_session_factory, make_write_session_factory, unit_of_work
 from otacm.errors import OtacmError
 
 campaigns_app = typer.Typer(
@@ -155,3 +156,43 @@ _operation("pause", "Stop opening waves; deployments under way go on.")
 _operation("resume", "Go on; failures seen so far no longer count against the threshold.")
 _operation("next-wave", "Close the open wave and open the next one now.")
 _operation("cancel", "End it: offers not yet taken up are cancelled, accepted ones finish.")
+
+
+@campaigns_app.command("retry-failed")
+def retry_failed(
+    campaign_id: int,
+    failure_code: Annotated[
+        str | None, typer.Option(help="Only the vehicles that failed with this code.")
+    ] = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Draft a child campaign for the vehicles whose deployment failed for good."""
+    _in_session(
+        database_url,
+        lambda s: children.retry_failed(s, cli_actor(), campaign_id, failure_code=failure_code),
+    )
+
+
+@campaigns_app.command("rollback")
+def rollback(campaign_id: int, database_url: DatabaseOption = None) -> None:
+    """Draft a child campaign taking the vehicles that succeeded back to the rollback versions."""
+    _in_session(database_url, lambda s: children.rollback(s, cli_actor(), campaign_id))
+
+
+@campaigns_app.command("report")
+def report(
+    campaign_id: int,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The file to write.")],
+    format: Annotated[str, typer.Option(help="csv or jsonl.")] = "csv",
+    database_url: DatabaseOption = None,
+) -> None:
+    """Write the campaign report: per vehicle and ECU, the versions before and after."""
+    if format not in reporting.FORMATS:
+        raise typer.BadParameter(f"{format!r} is not csv or jsonl", param_hint="--format")
+    with cli_engine(database_url) as engine:
+        with make_session_factory(engine)() as session:
+            service.get(session, campaign_id)
+        with output.open("w", encoding="utf-8", newline="") as target:
+            for chunk in reporting.export(engine, campaign_id, format):
+                target.write(chunk)
+    console.print(f"campaign {campaign_id}'s report is in {output}")

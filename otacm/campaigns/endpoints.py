@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import func, select
+from fastapi.responses import StreamingResponse
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from otacm.campaigns import launch, operations, service
-from otacm.campaigns.models import Campaign, CampaignWave, Deployment
+from otacm.campaigns import children, launch, ledger, operations, progress, report, service
+from otacm.campaigns.models import Campaign, CampaignWave, Deployment, DeploymentEventRecord
 from otacm.campaigns.schemas import (
     CampaignCreate,
     CampaignFields,
@@ -17,16 +18,21 @@ from otacm.campaigns.schemas import (
     CampaignPage,
     CampaignState,
     Decision,
+    DeploymentDetail,
+    DeploymentEventOut,
     DeploymentOut,
     DeploymentPage,
     LaunchRequest,
     Operation,
     Rejection,
+    RetryRequest,
     WaveOut,
 )
 from otacm.campaigns.states import DeploymentState
 from otacm.config import Settings
-from otacm.deps import SessionDep, WriteSessionDep, get_settings
+from otacm.db import utcnow
+from otacm.deps import SessionDep, WriteSessionDep, get_engine, get_settings
+from otacm.errors import NotFound
 from otacm.fleet.models import Vehicle
 from otacm.fleet.records import Region
 from otacm.fleet.repository import decode_cursor, encode_cursor
@@ -41,22 +47,14 @@ def _out(session: Session, campaign: Campaign) -> CampaignOut:
     if campaign.launched_at is None:
         return body
     per_wave: dict[int, dict[str, int]] = {}
-    for wave, state, count in session.execute(
-        select(Deployment.wave, Deployment.state, func.count())
-        .where(Deployment.campaign_id == campaign.id)
-        .group_by(Deployment.wave, Deployment.state)
-    ):
-        per_wave.setdefault(wave, {})[state] = count
+    for (wave, state, code), count in ledger.counts(session, campaign.id).items():
+        per_wave.setdefault(wave, {})
+        per_wave[wave][state] = per_wave[wave].get(state, 0) + count
         body.states[state] = body.states.get(state, 0) + count
+        if code is not None:
+            body.failure_codes[code] = body.failure_codes.get(code, 0) + count
     body.deployments = sum(body.states.values())
-    body.failure_codes = {
-        str(code): count
-        for code, count in session.execute(
-            select(Deployment.failure_code, func.count())
-            .where(Deployment.campaign_id == campaign.id, Deployment.failure_code.is_not(None))
-            .group_by(Deployment.failure_code)
-        )
-    }
+    body.progress = progress.summary(campaign, body.states, utcnow())
     body.waves = [
         WaveOut(
             number=w.number,
@@ -236,25 +234,109 @@ def list_deployments(
     if cursor:
         query = query.where(Deployment.id > decode_cursor(cursor))
     rows = session.execute(query.limit(limit + 1)).all()
-    items = [
-        DeploymentOut(
-            id=d.id,
-            vin=vin,
-            model=vehicle_model,
-            region=vehicle_region,
-            wave=d.wave,
-            state=d.state,
-            attempts=d.attempts,
-            state_entered_at=d.state_entered_at,
-            next_attempt_at=d.next_attempt_at,
-            failure_code=d.failure_code,
-            failure_detail=d.failure_detail,
-        )
-        for d, vin, vehicle_model, vehicle_region in rows[:limit]
-    ]
+    items = [_deployment_out(d, vin, m, r) for d, vin, m, r in rows[:limit]]
     return DeploymentPage(
         items=items, next_cursor=encode_cursor(items[-1].id) if len(rows) > limit else None
     )
+
+
+def _deployment_out(d: Deployment, vin: str, model: str, region: str) -> DeploymentOut:
+    return DeploymentOut(
+        id=d.id,
+        vin=vin,
+        model=model,
+        region=region,
+        wave=d.wave,
+        state=d.state,
+        attempts=d.attempts,
+        state_entered_at=d.state_entered_at,
+        next_attempt_at=d.next_attempt_at,
+        failure_code=d.failure_code,
+        failure_detail=d.failure_detail,
+    )
+
+
+@router.get("/campaigns/{campaign_id}/deployments/{deployment_id}", response_model=DeploymentDetail)
+def get_deployment(
+    campaign_id: int,
+    deployment_id: int,
+    session: SessionDep,
+    _: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_READ))],
+) -> DeploymentDetail:
+    """One deployment with the versions on its ECUs and its history of events."""
+    row = session.execute(
+        select(Deployment, Vehicle.vin, Vehicle.model, Vehicle.region)
+        .join(Vehicle, Vehicle.id == Deployment.vehicle_id)
+        .where(Deployment.id == deployment_id, Deployment.campaign_id == campaign_id)
+    ).first()
+    if row is None:
+        service.get(session, campaign_id)
+        raise NotFound(
+            f"campaign {campaign_id} has no deployment {deployment_id}",
+            deployment_id=deployment_id,
+        )
+    deployment = row[0]
+    events = session.scalars(
+        select(DeploymentEventRecord)
+        .where(DeploymentEventRecord.deployment_id == deployment_id)
+        .order_by(DeploymentEventRecord.id)
+    )
+    return DeploymentDetail(
+        **_deployment_out(*row).model_dump(),
+        campaign_id=campaign_id,
+        versions=deployment.versions or {},
+        events=[DeploymentEventOut.model_validate(e, from_attributes=True) for e in events],
+    )
+
+
+@router.get(
+    "/campaigns/{campaign_id}/report",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+)
+def campaign_report(
+    campaign_id: int,
+    session: SessionDep,
+    engine: Annotated[Engine, Depends(get_engine)],
+    _: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_READ))],
+    format: Literal["csv", "jsonl"] = "csv",
+) -> StreamingResponse:
+    """Per vehicle and ECU: the versions before and after, timestamps, attempts and result."""
+    campaign = service.get(session, campaign_id)
+    media = "text/csv" if format == "csv" else "application/x-ndjson"
+    name = f"campaign-{campaign.id}-report-{utcnow().strftime('%Y%m%dT%H%M%SZ')}.{format}"
+    return StreamingResponse(
+        report.export(engine, campaign.id, format),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.post("/campaigns/{campaign_id}/retry-failed", response_model=CampaignOut, status_code=201)
+def retry_failed_campaign(
+    campaign_id: int,
+    body: RetryRequest,
+    session: WriteSessionDep,
+    principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+) -> CampaignOut:
+    """A draft child campaign for the vehicles whose deployment failed for good (optionally
+    only one failure code), carrying the same updates; it is approved and launched as usual."""
+    child = children.retry_failed(
+        session, principal.actor, campaign_id, failure_code=body.failure_code
+    )
+    return _out(session, child)
+
+
+@router.post("/campaigns/{campaign_id}/rollback", response_model=CampaignOut, status_code=201)
+def rollback_campaign(
+    campaign_id: int,
+    body: Operation,
+    session: WriteSessionDep,
+    principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+) -> CampaignOut:
+    """A draft child campaign taking the vehicles that succeeded back to each update's
+    rollback version (released again with a higher release counter)."""
+    return _out(session, children.rollback(session, principal.actor, campaign_id))
 
 
 def _operate(name: str, summary: str) -> None:

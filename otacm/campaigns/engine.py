@@ -3,14 +3,16 @@
 Per running campaign, in its own transaction: the end time (unfinished offers expire, the
 campaign completes), timeouts (deployments stuck in flight become `timed_out`), retries (a
 retryable failure is given its next attempt's time, and when it comes goes back to `pending`),
-then the open wave's verdict (`policy.wave_verdict`): open the next wave, pause on failures,
-complete.
+a dynamic campaign's newcomers (every `JOIN_EVERY`, into the last wave, which then stays open
+until the end time or a cancel), then the open wave's verdict (`policy.wave_verdict`): open the
+next wave, pause on failures, complete. Every move of a deployment goes through the ledger.
 
 Several engines (every `otacm serve`, any `otacm worker`) may tick against one PostgreSQL: a
 campaign is claimed with `SELECT … FOR UPDATE SKIP LOCKED`, so each step is done by exactly one
 of them, and every step is written so that doing it again changes nothing. On SQLite the write
-transaction serialises them. A tick reads only running campaigns and the open wave's counts, so
-its cost does not grow with idle vehicles.
+transaction serialises them. A tick reads only running campaigns, their tallies (`ledger.py`)
+and indexed lookups of deployments due for a timeout or a retry, so its cost does not grow with
+idle vehicles.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from otacm.alerts.service import AlertKind, raise_alert
-from otacm.campaigns.models import Campaign, CampaignWave, Deployment
+from otacm.campaigns import launch, ledger
+from otacm.campaigns.launch import ENGINE
+from otacm.campaigns.ledger import Source
+from otacm.campaigns.models import Campaign, CampaignWave, Deployment, DeploymentTally
 from otacm.campaigns.policy import (
     Action,
     RolloutPolicy,
@@ -35,17 +40,24 @@ from otacm.campaigns.policy import (
     wave_verdict,
 )
 from otacm.campaigns.schemas import CampaignState
-from otacm.campaigns.states import COMMITTED, RETRYABLE_FAILURES, DeploymentState
+from otacm.campaigns.states import (
+    COMMITTED,
+    RETRYABLE_FAILURES,
+    DeploymentEvent,
+    DeploymentState,
+)
 from otacm.db import is_postgresql, unit_of_work, utcnow
 from otacm.security import audit
-from otacm.security.audit import Actor
 
 log = logging.getLogger("otacm.engine")
 # Campaigns a tick looks at.
 TICKED = (CampaignState.RUNNING.value, CampaignState.PAUSED.value)
 # Deployments of one campaign timing out in one tick that make an alert.
 TIMEOUT_SPIKE = 5
-ENGINE = Actor("otacm-engine", "system", "local")
+# A running campaign is stepped at least this often, whatever its bookmarks say.
+LOOK_AGAIN = timedelta(minutes=1)
+# How often a dynamic campaign looks for newly eligible vehicles (a targeting query per look).
+JOIN_EVERY = timedelta(minutes=10)
 # Offers not yet taken up when a campaign's end time comes: they expire.
 EXPIRABLE = (DeploymentState.PENDING, DeploymentState.OFFERED, DeploymentState.POSTPONED)
 
@@ -59,6 +71,9 @@ class TickReport:
     timed_out: int = 0
     retried: int = 0
     expired: int = 0
+    joined: int = 0
+    # Running or paused campaigns with nothing to do, not stepped.
+    passed_over: int = 0
 
 
 def _claim(session: Session, query: Select[Any]) -> Select[Any]:
@@ -83,9 +98,24 @@ def tick(factory: sessionmaker[Session], now: datetime | None = None) -> TickRep
                 session, ENGINE, "campaign.start", object_type="campaign",
                 object_id=campaign.id, after={"state": campaign.state},
             )  # fmt: skip
-    with unit_of_work(factory) as session:
         # Paused campaigns too: their end time still ends them.
-        running = list(session.scalars(select(Campaign.id).where(Campaign.state.in_(TICKED))))
+        newest = (
+            select(func.max(DeploymentTally.id))
+            .where(DeploymentTally.campaign_id == Campaign.id)
+            .scalar_subquery()
+        )
+        looked_at = session.execute(
+            select(
+                Campaign.id,
+                Campaign.state,
+                Campaign.ends_at,
+                Campaign.wake_at,
+                Campaign.tallies_seen,
+                newest,
+            ).where(Campaign.state.in_(TICKED))
+        ).all()
+    running = [row.id for row in looked_at if _due(row, now)]
+    report.passed_over = len(looked_at) - len(running)
     for campaign_id in running:
         with unit_of_work(factory) as session:
             claimed = session.scalar(
@@ -95,22 +125,85 @@ def tick(factory: sessionmaker[Session], now: datetime | None = None) -> TickRep
                 )
             )
             if claimed is not None:  # another engine has it, or it changed meanwhile
+                seen = session.scalar(
+                    select(func.max(DeploymentTally.id)).where(
+                        DeploymentTally.campaign_id == campaign_id
+                    )
+                )
                 _step(session, claimed, now, report)
+                claimed.tallies_seen = seen
+                claimed.wake_at = _next_wake(session, claimed, now)
     return report
+
+
+def _due(row: Any, now: datetime) -> bool:
+    """Whether a campaign has anything to do: its end time came, or (running) a deployment
+    moved since the engine last looked, something falls due, or it has not been looked at."""
+    if row.ends_at is not None and row.ends_at <= now:
+        return True
+    if row.state != CampaignState.RUNNING.value:
+        return False
+    if row.wake_at is None or row.wake_at <= now:
+        return True
+    return row[5] is not None and (row.tallies_seen is None or row[5] > row.tallies_seen)
+
+
+def _next_wake(session: Session, campaign: Campaign, now: datetime) -> datetime | None:
+    """The earliest time the campaign has something to do without any deployment moving: a
+    timeout, a scheduled retry, the end of the open wave's soak time, the end time, the next
+    dynamic join; at the latest `LOOK_AGAIN` from now."""
+    if campaign.state not in TICKED:
+        return None
+    rollout = RolloutPolicy.model_validate(campaign.rollout)
+    times = [now + LOOK_AGAIN]
+    if campaign.ends_at is not None:
+        times.append(campaign.ends_at)
+    clocks = [(s, rollout.timeouts.in_progress) for s in COMMITTED]
+    if rollout.timeouts.offered is not None:
+        clocks.append((DeploymentState.OFFERED, rollout.timeouts.offered))
+    for state, limit in clocks:
+        # One index probe each (campaign, state, state_entered_at).
+        oldest = session.scalar(
+            select(func.min(Deployment.state_entered_at)).where(
+                Deployment.campaign_id == campaign.id, Deployment.state == state.value
+            )
+        )
+        if oldest is not None:
+            times.append(oldest + limit)
+    retry = session.scalar(
+        select(func.min(Deployment.next_attempt_at)).where(
+            Deployment.campaign_id == campaign.id,
+            Deployment.state.in_([s.value for s in RETRYABLE_FAILURES]),
+        )
+    )
+    if retry is not None:
+        times.append(retry)
+    soaking = session.scalar(
+        select(func.min(CampaignWave.threshold_met_at)).where(
+            CampaignWave.campaign_id == campaign.id,
+            CampaignWave.opened_at.is_not(None),
+            CampaignWave.completed_at.is_(None),
+        )
+    )
+    if soaking is not None:
+        times.append(soaking + rollout.waves.soak_time)
+    if rollout.dynamic and campaign.joined_at is not None:
+        times.append(campaign.joined_at + JOIN_EVERY)
+    return min(times)
 
 
 def _step(session: Session, campaign: Campaign, now: datetime, report: TickReport) -> None:
     rollout = RolloutPolicy.model_validate(campaign.rollout)
     if campaign.ends_at is not None and campaign.ends_at <= now:
-        expired = session.execute(
-            update(Deployment)
-            .where(
-                Deployment.campaign_id == campaign.id,
-                Deployment.state.in_([s.value for s in EXPIRABLE]),
-            )
-            .values(state=DeploymentState.EXPIRED.value, state_entered_at=now, updated_at=now)
+        count = ledger.move_many(
+            session,
+            campaign.id,
+            [Deployment.state.in_([s.value for s in EXPIRABLE])],
+            DeploymentEvent.EXPIRE,
+            {"state": DeploymentState.EXPIRED.value, "state_entered_at": now, "updated_at": now},
+            now,
+            Source.ENGINE,
         )
-        count = int(expired.rowcount)  # type: ignore[attr-defined]
         report.expired += count
         _finish(session, campaign, now, report, reason="end time reached")
         if count:
@@ -132,6 +225,9 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
             "at once", campaign_id=campaign.id, details={"timed_out": timed_out}, now=now,
         )  # fmt: skip
     report.retried += _retry(session, campaign, rollout, now)
+    if rollout.dynamic and (campaign.joined_at is None or campaign.joined_at <= now - JOIN_EVERY):
+        report.joined += launch.join_newcomers(session, campaign, now)
+    ledger.compact(session, campaign.id)
     waves = list(
         session.scalars(
             select(CampaignWave)
@@ -143,25 +239,28 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
     if open_wave is None:
         waiting = next((w for w in waves if not w.completed_at), None)
         if waiting is None:
-            _finish(session, campaign, now, report, reason="every wave completed")
+            if not rollout.dynamic:
+                _finish(session, campaign, now, report, reason="every wave completed")
             return
         waiting.opened_at = now
         report.opened.append((campaign.id, waiting.number))
         _record(session, campaign, "campaign.wave.open", wave=waiting.number)
         return
     by_state: dict[DeploymentState, int] = {}
-    retrying = 0
-    for state, scheduled, count in session.execute(
-        select(Deployment.state, Deployment.next_attempt_at.is_not(None), func.count())
-        .where(Deployment.campaign_id == campaign.id, Deployment.wave == open_wave.number)
-        .group_by(Deployment.state, Deployment.next_attempt_at.is_not(None))
-    ):
-        by_state[DeploymentState(state)] = by_state.get(DeploymentState(state), 0) + count
-        if scheduled and DeploymentState(state) in RETRYABLE_FAILURES:
-            retrying += count
+    for (wave, state, _), count in ledger.counts(session, campaign.id).items():
+        if wave == open_wave.number:
+            by_state[DeploymentState(state)] = by_state.get(DeploymentState(state), 0) + count
+    retrying = session.scalar(
+        select(func.count()).where(
+            Deployment.campaign_id == campaign.id,
+            Deployment.state.in_([s.value for s in RETRYABLE_FAILURES]),
+            Deployment.wave == open_wave.number,
+            Deployment.next_attempt_at.is_not(None),
+        )
+    )
     index = waves.index(open_wave)
     verdict = wave_verdict(
-        WaveCounts.from_states(by_state, retrying=retrying),
+        WaveCounts.from_states(by_state, retrying=retrying or 0),
         rollout.waves,
         wave=index,
         now=now,
@@ -182,6 +281,8 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         following.opened_at = now
         report.opened.append((campaign.id, following.number))
         _record(session, campaign, "campaign.wave.open", wave=following.number)
+    elif verdict.action is Action.COMPLETE and rollout.dynamic:
+        pass  # the last wave stays open for newcomers; the end time or a cancel ends it
     elif verdict.action is Action.COMPLETE:
         open_wave.completed_at = now
         _finish(session, campaign, now, report, reason="every wave completed")
@@ -224,24 +325,23 @@ def _retry(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: da
             key=deployment.id,
         )
     session.flush()
-    due = session.execute(
-        update(Deployment)
-        .where(
-            Deployment.campaign_id == campaign.id,
-            Deployment.state.in_(failed_states),
-            Deployment.next_attempt_at <= now,
-        )
-        .values(
-            state=DeploymentState.PENDING.value,
-            attempts=Deployment.attempts + 1,
-            next_attempt_at=None,
-            failure_code=None,
-            failure_detail=None,
-            state_entered_at=now,
-            updated_at=now,
-        )
+    return ledger.move_many(
+        session,
+        campaign.id,
+        [Deployment.state.in_(failed_states), Deployment.next_attempt_at <= now],
+        DeploymentEvent.RETRY,
+        {
+            "state": DeploymentState.PENDING.value,
+            "attempts": Deployment.attempts + 1,
+            "next_attempt_at": None,
+            "failure_code": None,
+            "failure_detail": None,
+            "state_entered_at": now,
+            "updated_at": now,
+        },
+        now,
+        Source.ENGINE,
     )
-    return int(due.rowcount)  # type: ignore[attr-defined]
 
 
 def _time_out(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: datetime) -> int:
@@ -252,21 +352,20 @@ def _time_out(session: Session, campaign: Campaign, rollout: RolloutPolicy, now:
         clocks.append(([DeploymentState.OFFERED.value], rollout.timeouts.offered))
     total = 0
     for states, limit in clocks:
-        result = session.execute(
-            update(Deployment)
-            .where(
-                Deployment.campaign_id == campaign.id,
-                Deployment.state.in_(states),
-                Deployment.state_entered_at < now - limit,
-            )
-            .values(
-                state=DeploymentState.TIMED_OUT.value,
-                failure_code="timed_out",
-                state_entered_at=now,
-                updated_at=now,
-            )
+        total += ledger.move_many(
+            session,
+            campaign.id,
+            [Deployment.state.in_(states), Deployment.state_entered_at < now - limit],
+            DeploymentEvent.TIMEOUT,
+            {
+                "state": DeploymentState.TIMED_OUT.value,
+                "failure_code": "timed_out",
+                "state_entered_at": now,
+                "updated_at": now,
+            },
+            now,
+            Source.ENGINE,
         )
-        total += result.rowcount  # type: ignore[attr-defined]
     return total
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, insert, literal, select
+from sqlalchemy import ColumnElement, Subquery, and_, case, exists, func, insert, literal, select
 from sqlalchemy.orm import Session
 
-from otacm.campaigns import service
+from otacm.campaigns import ledger, service
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment
 from otacm.campaigns.policy import (
     RolloutPolicy,
@@ -27,7 +27,8 @@ from otacm.campaigns.policy import (
 from otacm.campaigns.schemas import CampaignState, Urgency
 from otacm.campaigns.states import DeploymentState
 from otacm.db import is_postgresql, utcnow
-from otacm.errors import Conflict
+from otacm.errors import Conflict, OtacmError
+from otacm.fleet.models import Vehicle
 from otacm.security import audit
 from otacm.security.audit import Actor
 from otacm.targeting import preview
@@ -35,6 +36,9 @@ from otacm.targeting import service as targeting
 from otacm.targeting.eligibility import ELIGIBLE
 from otacm.targeting.schemas import RegionRestriction
 from otacm.targeting.selection import TargetSelection, selection_condition
+
+# The rollout engine, as the audit log names it (it makes a dynamic campaign's joins).
+ENGINE = Actor("otacm-engine", "system", "local")
 
 
 class LaunchCountMismatch(Conflict):
@@ -58,21 +62,8 @@ def launch(
             f"campaign {campaign_id} is {campaign.state}; only an approved campaign launches",
             state=campaign.state,
         )
-    update_ids = service.update_ids_of(session, [campaign.id])[campaign.id]
-    updates = targeting.targetable_updates(session, update_ids)
-    selection = TargetSelection.model_validate(campaign.selection)
-    regions = RegionRestriction.model_validate(campaign.regions)
     rollout = RolloutPolicy.model_validate(campaign.rollout)
-    plan = preview.make_plan(
-        session,
-        [targeting.rule_of(u) for u in updates],
-        regions=targeting.region_rule(regions),
-        known_counters=targeting.known_counters(session),
-    )
-    dialect = session.get_bind().dialect.name
-    eligible = preview.vehicle_query(
-        session, plan, selection_condition(selection, dialect)
-    ).subquery("considered")
+    eligible = _considered(session, campaign)
     canary_vins = list(rollout.waves.canary_vins)
     is_canary = eligible.c.vin.in_(canary_vins) if canary_vins else literal(False)
     ranked = (
@@ -145,9 +136,12 @@ def launch(
     )
     bounds = wave_bounds(total, rollout.waves, int(canaries or 0))
     previous = 0
+    sizes: dict[int, int] = {}
     for number, end in enumerate(bounds, start=first_wave):
+        sizes[number] = end - previous
         session.add(CampaignWave(campaign_id=campaign.id, number=number, size=end - previous))
         previous = end
+    ledger.record_launch(session, campaign.id, sizes)
     scheduled = campaign.urgency == Urgency.SCHEDULED and (campaign.starts_at or now) > now
     campaign.state = (CampaignState.SCHEDULED if scheduled else CampaignState.RUNNING).value
     campaign.launched_at = campaign.updated_at = now
@@ -159,6 +153,92 @@ def launch(
     )  # fmt: skip
     session.flush()
     return campaign
+
+
+def _considered(session: Session, campaign: Campaign, *extra: ColumnElement[bool]) -> Subquery:
+    """The campaign's selected vehicles with their targeting reason (`preview.vehicle_query`)."""
+    update_ids = service.update_ids_of(session, [campaign.id])[campaign.id]
+    updates = targeting.targetable_updates(session, update_ids)
+    selection = TargetSelection.model_validate(campaign.selection)
+    regions = RegionRestriction.model_validate(campaign.regions)
+    plan = preview.make_plan(
+        session,
+        [targeting.rule_of(u) for u in updates],
+        regions=targeting.region_rule(regions),
+        known_counters=targeting.known_counters(session),
+    )
+    condition = and_(selection_condition(selection, session.get_bind().dialect.name), *extra)
+    return preview.vehicle_query(session, plan, condition).subquery("considered")
+
+
+def join_newcomers(session: Session, campaign: Campaign, now: datetime) -> int:
+    """A dynamic campaign takes in the vehicles that have become eligible since it launched
+    (new in the registry, changed software, no longer busy elsewhere): each gets a pending
+    deployment in the last wave. A vehicle that had a deployment in it never joins again.
+    Returns how many joined; the caller holds the campaign (the engine's claim)."""
+    try:
+        eligible = _considered(
+            session,
+            campaign,
+            ~exists(
+                select(Deployment.id).where(
+                    Deployment.campaign_id == campaign.id, Deployment.vehicle_id == Vehicle.id
+                )
+            ),
+        )
+    except OtacmError:  # an update was withdrawn meanwhile: it reaches no one new
+        return 0
+    last = session.scalar(
+        select(CampaignWave)
+        .where(CampaignWave.campaign_id == campaign.id)
+        .order_by(CampaignWave.number.desc())
+        .limit(1)
+    )
+    campaign.joined_at = now
+    if last is None:
+        return 0
+    result = session.execute(
+        insert(Deployment).from_select(
+            [
+                "campaign_id",
+                "vehicle_id",
+                "wave",
+                "state",
+                "attempts",
+                "state_entered_at",
+                "created_at",
+                "updated_at",
+            ],
+            select(
+                literal(campaign.id),
+                eligible.c.vehicle_id,
+                literal(last.number),
+                literal(DeploymentState.PENDING.value),
+                literal(0),
+                literal(now, Deployment.created_at.type),
+                literal(now, Deployment.created_at.type),
+                literal(now, Deployment.created_at.type),
+            ).where(eligible.c.reason == ELIGIBLE),
+        )
+    )
+    joined = int(result.rowcount)  # type: ignore[attr-defined]
+    if joined < 0:  # SQLite reports none for an INSERT that starts with WITH: count them
+        joined = int(
+            session.scalar(
+                select(func.count()).where(
+                    Deployment.campaign_id == campaign.id, Deployment.created_at == now
+                )
+            )
+            or 0
+        )
+    if joined:
+        last.size += joined
+        ledger.record_launch(session, campaign.id, {last.number: joined})
+        audit.record(
+            session, ENGINE, "campaign.join", object_type="campaign",
+            object_id=campaign.id, after={"joined": joined, "wave": last.number},
+        )  # fmt: skip
+    return joined
 
 
 def _bound_expressions(plan: WavePlan, total: Any, canaries: Any, postgres: bool) -> list[Any]:

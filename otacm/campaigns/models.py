@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from otacm.db import Base, JSONDocument, UTCDateTime
@@ -54,6 +54,13 @@ class Campaign(Base):
     launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     launched_by: Mapped[str | None] = mapped_column(String(200))
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A dynamic campaign: when the engine last let newly eligible vehicles join.
+    joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The engine's bookmarks: the time something is next due (a timeout, a retry, the soak
+    # time's end; None: look at once) and the newest tally it has seen (a newer one means a
+    # deployment moved). A tick passes over a campaign with neither.
+    wake_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    tallies_seen: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class CampaignWave(Base):
@@ -78,7 +85,8 @@ class Deployment(Base):
     __tablename__ = "deployments"
     __table_args__ = (
         UniqueConstraint("campaign_id", "vehicle_id"),
-        Index("ix_deployments_campaign_state", "campaign_id", "state"),
+        # The engine's timeout sweep reads in-flight deployments by how long they have waited.
+        Index("ix_deployments_campaign_state", "campaign_id", "state", "state_entered_at"),
         Index("ix_deployments_campaign_wave", "campaign_id", "wave"),
         Index("ix_deployments_vehicle_state", "vehicle_id", "state"),
     )
@@ -94,8 +102,47 @@ class Deployment(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     failure_code: Mapped[str | None] = mapped_column(String(64))
     failure_detail: Mapped[str | None] = mapped_column(Text)
+    # Per ECU serial: {"ecu_type", "before", "after"}: the software when it was offered and when
+    # the vehicle's manifest confirmed the update (the R156 record, `report.py`).
+    versions: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeploymentEventRecord(Base):
+    """One applied move of a deployment: its history (`ledger.py`)."""
+
+    __tablename__ = "deployment_events"
+    __table_args__ = (Index("ix_deployment_events_deployment", "deployment_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(BigId)
+    campaign_id: Mapped[int] = mapped_column(BigId)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(24))
+    from_state: Mapped[str] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    # vehicle | engine | operator
+    source: Mapped[str] = mapped_column(String(16))
+
+
+class DeploymentTally(Base):
+    """A change in how many deployments of a campaign's wave are in a state (with a failure
+    code): progress is the sum, so reading it never scans the deployments (`ledger.py`)."""
+
+    __tablename__ = "deployment_tallies"
+    # The newest per campaign is one index probe (the engine's tick asks it of every campaign).
+    __table_args__ = (Index("ix_deployment_tallies_campaign", "campaign_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(BigId)
+    wave: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    delta: Mapped[int] = mapped_column(BigInteger)
 
 
 class CampaignUpdate(Base):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from otacm.campaigns import service
+from otacm.campaigns import ledger, service
+from otacm.campaigns.ledger import Source
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment
 from otacm.campaigns.schemas import CampaignState
-from otacm.campaigns.states import DeploymentState
+from otacm.campaigns.states import DeploymentEvent, DeploymentState
 from otacm.db import utcnow
 from otacm.security import audit
 from otacm.security.audit import Actor
@@ -79,16 +80,14 @@ def resume(session: Session, actor: Actor, campaign_id: int, comment: str = "") 
     campaign = _campaign(session, campaign_id, "resume")
     wave = _open_wave(session, campaign)
     if wave is not None:
-        wave.resumed_with = {
-            state: count
-            for state, count in session.execute(
-                select(Deployment.state, func.count())
-                .where(Deployment.campaign_id == campaign.id, Deployment.wave == wave.number)
-                .group_by(Deployment.state)
-            )
-        }
+        resumed_with: dict[str, int] = {}
+        for (number, state, _), count in ledger.counts(session, campaign.id).items():
+            if number == wave.number:
+                resumed_with[state] = resumed_with.get(state, 0) + count
+        wave.resumed_with = resumed_with
     campaign.state = CampaignState.RUNNING.value
     campaign.updated_at = utcnow()
+    campaign.wake_at = None  # the engine looks at it in its next tick
     _record(session, actor, campaign, "campaign.resume", comment)
     session.flush()
     return campaign
@@ -115,6 +114,7 @@ def next_wave(session: Session, actor: Actor, campaign_id: int, comment: str = "
             wave.completed_at = now
     following.opened_at = now
     campaign.updated_at = now
+    campaign.wake_at = None
     _record(session, actor, campaign, "campaign.wave.open", comment or f"wave {following.number}")
     session.flush()
     return campaign
@@ -127,16 +127,17 @@ def cancel(
     vehicles that accepted finish and report."""
     campaign = _campaign(session, campaign_id, "cancel")
     now = now or utcnow()
-    result = session.execute(
-        update(Deployment)
-        .where(
-            Deployment.campaign_id == campaign.id,
-            Deployment.state.in_([s.value for s in CANCELLABLE]),
-        )
-        .values(state=DeploymentState.CANCELLED.value, state_entered_at=now, updated_at=now)
+    cancelled = ledger.move_many(
+        session,
+        campaign.id,
+        [Deployment.state.in_([s.value for s in CANCELLABLE])],
+        DeploymentEvent.CANCEL,
+        {"state": DeploymentState.CANCELLED.value, "state_entered_at": now, "updated_at": now},
+        now,
+        Source.OPERATOR,
     )
     campaign.state = CampaignState.CANCELLED.value
     campaign.finished_at = campaign.updated_at = now
     _record(session, actor, campaign, "campaign.cancel", comment)
     session.flush()
-    return campaign, int(result.rowcount)  # type: ignore[attr-defined]
+    return campaign, cancelled

@@ -134,6 +134,27 @@ class Operation(BaseModel):
     comment: Annotated[str, StringConstraints(strip_whitespace=True, max_length=4000)] = ""
 
 
+class ProgressOut(BaseModel):
+    finished: int = Field(description="Deployments in a terminal state")
+    remaining: int = Field(description="Deployments not yet finished")
+    success_rate: float | None = Field(description="Succeeded, of those finished")
+    failure_rate: float | None = Field(
+        description="Failed, timed out or rolled back (retries pending included), of those finished"
+    )
+    throughput_per_hour: float | None = Field(
+        description="Deployments finished per hour, on average since the campaign started"
+    )
+    eta: datetime | None = Field(description="When the rest would finish at that rate")
+
+
+class RetryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    failure_code: str | None = Field(
+        default=None, max_length=64, description="Only the vehicles that failed with this code"
+    )
+
+
 class CampaignOut(BaseModel):
     id: int
     name: str
@@ -165,6 +186,7 @@ class CampaignOut(BaseModel):
     states: dict[str, int] = Field(default_factory=dict, description="Deployments per state")
     failure_codes: dict[str, int] = Field(default_factory=dict)
     waves: list[WaveOut] = Field(default_factory=list)
+    progress: ProgressOut | None = None
 
 
 class CampaignPage(BaseModel):
@@ -184,6 +206,27 @@ class DeploymentOut(BaseModel):
     next_attempt_at: datetime | None
     failure_code: str | None
     failure_detail: str | None
+
+
+class DeploymentEventOut(BaseModel):
+    at: datetime
+    event: str
+    from_state: str
+    to_state: str
+    attempt: int
+    failure_code: str | None
+    detail: str | None
+    source: str = Field(description="vehicle, engine or operator")
+
+
+class DeploymentDetail(DeploymentOut):
+    campaign_id: int
+    versions: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="Per targeted ECU serial: its ECU type, the version before the offer and "
+        "the version the manifest confirmed after",
+    )
+    events: list[DeploymentEventOut] = Field(description="Its history, oldest first")
 
 
 class DeploymentPage(BaseModel):

@@ -23,7 +23,8 @@ With several ECUs of the type, the ECU that gets furthest decides. With several 
 vehicle is eligible when any update is, and otherwise takes the reason of the update that got
 furthest. Three vehicle-level reasons come first, in this order: `vehicle_inactive` (status
 is not active), `region_not_allowed` (the selection's region and country rules exclude it),
-`busy_in_other_campaign` (it has an unfinished deployment in another campaign).
+`busy_in_other_campaign` (it has an unfinished deployment in another live campaign that
+carries an update for one of the same ECU types).
 """
 
 from __future__ import annotations

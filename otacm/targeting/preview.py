@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -44,7 +44,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
-from otacm.campaigns.models import Campaign, Deployment
+from otacm.campaigns.models import Campaign, CampaignUpdate, Deployment
 from otacm.campaigns.states import UNFINISHED
 from otacm.db import is_postgresql
 from otacm.fleet.models import BigId, Ecu, Vehicle
@@ -59,6 +59,7 @@ from otacm.targeting.eligibility import (
     UpdateRule,
     installed_version_stage,
 )
+from otacm.updates.models import SoftwareUpdate
 
 # Campaigns whose unfinished deployments make a vehicle busy (plain strings: the campaign
 # states' enum lives with the campaign schemas, which import targeting).
@@ -102,9 +103,9 @@ class PreviewPlan:
     # Per update: the versions installed on its ECU type; an ECU's version is reported as its
     # position in this list (1-based; 0 for a version first seen after planning).
     installed: dict[int, list[str]] = field(default_factory=dict)
-    # Whether any vehicle has an unfinished deployment in a live campaign; if none, the
-    # per-vehicle lookup is left out.
-    any_busy: bool = False
+    # The live campaigns carrying updates for the same ECU types: a vehicle with an unfinished
+    # deployment in one of them is busy. None: the per-vehicle lookup is left out.
+    busy_campaigns: tuple[int, ...] = ()
 
 
 # The distinct versions of one ECU type by skipping through the (ecu_type, software_version)
@@ -131,31 +132,51 @@ def installed_versions(session: Session, ecu_type: str) -> list[str]:
     return list(session.scalars(_DISTINCT_VERSIONS, {"ecu_type": ecu_type}))
 
 
-def busy_condition(vehicle_id: Any) -> ColumnElement[bool]:
-    """The vehicle has an unfinished deployment (pending … installed) in a campaign that is
-    scheduled, running or paused: it is `busy_in_other_campaign` for any other selection."""
+def live_campaigns_for(session: Session, ecu_types: Collection[str]) -> tuple[int, ...]:
+    """The scheduled, running or paused campaigns carrying an update for one of `ecu_types`."""
+    if not ecu_types:
+        return ()
+    query = (
+        select(Campaign.id)
+        .join(CampaignUpdate, CampaignUpdate.campaign_id == Campaign.id)
+        .join(SoftwareUpdate, SoftwareUpdate.id == CampaignUpdate.update_id)
+        .where(Campaign.state.in_(LIVE_CAMPAIGNS), SoftwareUpdate.ecu_type.in_(list(ecu_types)))
+        .distinct()
+        .order_by(Campaign.id)
+    )
+    return tuple(session.scalars(query))
+
+
+def busy_condition(vehicle_id: Any, campaign_ids: Sequence[int]) -> ColumnElement[bool]:
+    """The vehicle has an unfinished deployment (pending … installed) in one of `campaign_ids`
+    (`live_campaigns_for` the ECU types at hand): it is `busy_in_other_campaign`, so one ECU
+    never has two campaigns' deployments under way."""
+    if not campaign_ids:
+        return false()
     return exists(
-        select(Deployment.id)
-        .join(Campaign, Campaign.id == Deployment.campaign_id)
+        select(Deployment.id).where(
+            Deployment.vehicle_id == vehicle_id,
+            Deployment.campaign_id.in_(list(campaign_ids)),
+            Deployment.state.in_([s.value for s in UNFINISHED]),
+        )
+    )
+
+
+def busy_ecu_types(session: Session, vehicle_id: int) -> frozenset[str]:
+    """The ECU types the vehicle has an unfinished deployment for in a live campaign."""
+    query = (
+        select(SoftwareUpdate.ecu_type)
+        .join(CampaignUpdate, CampaignUpdate.update_id == SoftwareUpdate.id)
+        .join(Campaign, Campaign.id == CampaignUpdate.campaign_id)
+        .join(Deployment, Deployment.campaign_id == Campaign.id)
         .where(
             Deployment.vehicle_id == vehicle_id,
             Deployment.state.in_([s.value for s in UNFINISHED]),
             Campaign.state.in_(LIVE_CAMPAIGNS),
         )
+        .distinct()
     )
-
-
-def any_busy(session: Session) -> bool:
-    live = (
-        select(Deployment.id)
-        .join(Campaign, Campaign.id == Deployment.campaign_id)
-        .where(
-            Deployment.state.in_([s.value for s in UNFINISHED]),
-            Campaign.state.in_(LIVE_CAMPAIGNS),
-        )
-        .limit(1)
-    )
-    return session.scalar(live) is not None
+    return frozenset(session.scalars(query))
 
 
 def make_plan(
@@ -194,7 +215,8 @@ def make_plan(
             for rule in update.dependencies
         ]
     installed = {u.id: versions_of(u.ecu_type)[: VERSION_SLOTS - 1] for u in updates}
-    return PreviewPlan(updates, classes, dependency_versions, regions, installed, any_busy(session))
+    busy = live_campaigns_for(session, {u.ecu_type for u in updates})
+    return PreviewPlan(updates, classes, dependency_versions, regions, installed, busy)
 
 
 # Lists up to this long are bound value by value; longer ones as one parameter (an array on
@@ -352,7 +374,7 @@ def vehicle_query(
         Vehicle.region,
         Vehicle.country,
         Vehicle.status,
-        (busy_condition(Vehicle.id) if plan.any_busy else false()).label("busy"),
+        busy_condition(Vehicle.id, plan.busy_campaigns).label("busy"),
     ]
     # PostgreSQL joins each update's ECU lookup LATERAL, evaluated once per vehicle and open
     # to parallel workers. SQLite has no LATERAL: there the per-vehicle rows are materialised,

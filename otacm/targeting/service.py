@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, false, func, literal, or_, select, tuple_
@@ -178,15 +179,17 @@ def preview_rows(
         }
 
 
-def _vehicle_facts(session: Session, vin: str) -> tuple[VehicleFacts, list[EcuFacts]]:
+def _vehicle_facts(
+    session: Session, vin: str
+) -> tuple[VehicleFacts, list[EcuFacts], frozenset[str]]:
     vehicle = session.scalar(select(Vehicle).where(Vehicle.vin == vin.strip().upper()))
     if vehicle is None:
         raise NotFound(f"there is no vehicle {vin}", field="vin")
     ecus = session.scalars(
         select(Ecu).where(Ecu.vehicle_id == vehicle.id, Ecu.removed_at.is_(None))
     ).all()
-    busy = bool(session.scalar(select(preview.busy_condition(vehicle.id))))
-    return vehicle_facts(vehicle, busy=busy), [ecu_facts(e) for e in ecus]
+    busy = preview.busy_ecu_types(session, vehicle.id)
+    return vehicle_facts(vehicle), [ecu_facts(e) for e in ecus], busy
 
 
 def vehicle_facts(vehicle: Vehicle, *, busy: bool = False) -> VehicleFacts:
@@ -227,7 +230,7 @@ def _latest_for(ecu: EcuFacts, released: Sequence[SoftwareUpdate]) -> SoftwareUp
 def vehicle_updates(session: Session, vin: str) -> VehicleUpdatesOut:
     """Every released update judged for one vehicle on its own (a dependency counts as met
     only by what is installed), and where each fitted ECU stands."""
-    vehicle, ecus = _vehicle_facts(session, vin)
+    vehicle, ecus, busy = _vehicle_facts(session, vin)
     released = list(
         session.scalars(
             select(SoftwareUpdate)
@@ -240,7 +243,8 @@ def vehicle_updates(session: Session, vin: str) -> VehicleUpdatesOut:
     not_applicable: list[UpdateVerdict] = []
     serials_with_update: set[str] = set()
     for update in released:
-        decision = evaluate(vehicle, ecus, [rule_of(update)], known_counters=counters)
+        facts = replace(vehicle, busy=update.ecu_type in busy)
+        decision = evaluate(facts, ecus, [rule_of(update)], known_counters=counters)
         [verdict] = decision.updates
         reason = decision.reason
         out = UpdateVerdict(

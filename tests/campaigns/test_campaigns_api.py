@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,10 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from otacm.app import create_app
 from otacm.config import Settings
 from otacm.db import make_session_factory, unit_of_work
-from tests.targeting.test_preview import add_update
 
 NOTICE = {
     "en": {
@@ -40,32 +38,6 @@ def campaign(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
-
-
-@pytest.fixture
-def released(engine: Engine) -> None:
-    with unit_of_work(make_session_factory(engine)) as session:
-        add_update(session, 1)
-        add_update(session, 2, ecu_type="GATEWAY", state="draft")
-
-
-@pytest.fixture
-def as_role(
-    settings: Settings, engine: Engine, make_operator: Callable[..., str]
-) -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def make(role: str, name: str | None = None, **changes: Any) -> TestClient:
-        app = create_app(settings.model_copy(update=changes), engine)
-        client = TestClient(app)
-        client.__enter__()
-        client.headers["Authorization"] = f"Bearer {make_operator(role, name)}"
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
 
 
 def error(response: Any, status: int, code: str, field: str | None = None) -> None:
@@ -193,19 +165,6 @@ def test_roles(released: None, as_role: Callable[..., TestClient]) -> None:
 
 
 # Launch ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fleet(engine: Engine, released: None) -> list[str]:
-    from tests.targeting.test_preview import add_ecu, add_vehicle
-
-    vins = []
-    with unit_of_work(make_session_factory(engine)) as session:
-        for n in range(40):
-            vehicle = add_vehicle(session, n, region="EU" if n < 37 else "NA")
-            add_ecu(session, vehicle, "BCM", software_version="4.0.0")
-            vins.append(vehicle.vin)
-    return vins
 
 
 def approved(as_role: Callable[..., TestClient], **changes: Any) -> tuple[TestClient, int]:
@@ -662,6 +621,15 @@ def test_campaign_commands(
         assert "cancelled" in listed.stdout
         shown = runner.invoke(app, ["campaigns", "show", cid, *db])
         assert json.loads(shown.stdout)["state"] == "cancelled"
+        report = tmp_path / "report.jsonl"
+        written = runner.invoke(
+            app, ["campaigns", "report", cid, "-o", str(report), "--format", "jsonl", *db]
+        )
+        assert written.exit_code == 0, written.output
+        rows = [json.loads(line) for line in report.read_text().splitlines()]
+        assert len(rows) == 37 and {r["state"] for r in rows} == {"cancelled"}
+        nothing = runner.invoke(app, ["campaigns", "retry-failed", cid, *db])
+        assert nothing.exit_code == 1 and "no failed deployments" in nothing.output
     finally:
         get_settings.cache_clear()
 

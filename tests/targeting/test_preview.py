@@ -128,7 +128,7 @@ def expected_reasons(
         ecus = session.scalars(
             select(Ecu).where(Ecu.vehicle_id == vehicle.id, Ecu.removed_at.is_(None))
         ).all()
-        busy = bool(session.scalar(select(preview.busy_condition(vehicle.id))))
+        busy = bool(set(preview.busy_ecu_types(session, vehicle.id)) & {r.ecu_type for r in rules})
         decision = evaluate(
             service.vehicle_facts(vehicle, busy=busy),
             [service.ecu_facts(e) for e in ecus],
@@ -497,12 +497,14 @@ def test_many_distinct_installed_versions_are_bound_as_one_list(
 def test_a_vehicle_in_another_live_campaign_is_busy(
     factory: Callable[[], Any], fleet: None, client: TestClient
 ) -> None:
-    from otacm.campaigns.models import Campaign, Deployment
+    from otacm.campaigns.models import Campaign, CampaignUpdate, Deployment
 
     now = utcnow()
     with factory() as session:
+        add_update(session, 4, ecu_type="GATEWAY", version="3.3.0")
         vehicles = {v.vin: v.id for v in session.scalars(select(Vehicle))}
-        for n, state in enumerate(["running", "completed"], start=1):
+        # Campaign 3 is running too, but for another ECU type: it makes no one busy here.
+        for n, state, update_id in [(1, "running", 1), (2, "completed", 1), (3, "running", 4)]:
             session.add(
                 Campaign(
                     id=n, name=f"other {n}", category="bug_fix", urgency="immediate",
@@ -510,11 +512,14 @@ def test_a_vehicle_in_another_live_campaign_is_busy(
                     updated_at=now,
                 )
             )  # fmt: skip
+            session.flush()
+            session.add(CampaignUpdate(campaign_id=n, update_id=update_id, position=0))
         session.flush()
         for campaign_id, vin_number, state in [
             (1, 0, "pending"),
             (1, 2, "succeeded"),
             (2, 3, "pending"),
+            (3, 2, "offered"),
         ]:
             session.add(
                 Deployment(
@@ -526,7 +531,8 @@ def test_a_vehicle_in_another_live_campaign_is_busy(
     with factory() as session:
         reasons = sql_reasons(session, request)
         assert reasons == expected_reasons(session, request, RegionRule())
-    # Unfinished in a running campaign: busy. Finished, or in a completed campaign: not.
+    # Unfinished in a running campaign for the same ECU type: busy. Finished, in a completed
+    # campaign, or for another ECU type: not.
     assert reasons[vin(0)] is Reason.BUSY_IN_OTHER_CAMPAIGN
     assert reasons[vin(2)] is Reason.ELIGIBLE
     assert reasons[vin(3)] is Reason.ALREADY_UP_TO_DATE
