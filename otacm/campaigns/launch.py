@@ -12,7 +12,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Subquery, and_, case, exists, func, insert, literal, select
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    Select,
+    Subquery,
+    and_,
+    case,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from otacm.campaigns import ledger, service
@@ -98,30 +110,7 @@ def launch(
         *((counted.c.rank < end, number) for number, end in enumerate(ends, start=first_wave)),
         else_=first_wave + len(ends) - 1,
     )
-    session.execute(
-        insert(Deployment).from_select(
-            [
-                "campaign_id",
-                "vehicle_id",
-                "wave",
-                "state",
-                "attempts",
-                "state_entered_at",
-                "created_at",
-                "updated_at",
-            ],
-            select(
-                literal(campaign.id),
-                counted.c.vehicle_id,
-                wave,
-                literal(DeploymentState.PENDING.value),
-                literal(0),
-                literal(now),
-                literal(now),
-                literal(now),
-            ),
-        )
-    )
+    session.execute(_insert_pending(campaign.id, select(counted.c.vehicle_id, wave), now))
     # Counted, not taken from the cursor: SQLite reports no row count for an INSERT that
     # starts with a WITH clause.
     total = session.scalar(select(func.count()).where(Deployment.campaign_id == campaign.id)) or 0
@@ -197,30 +186,10 @@ def join_newcomers(session: Session, campaign: Campaign, now: datetime) -> int:
     campaign.joined_at = now
     if last is None:
         return 0
-    result = session.execute(
-        insert(Deployment).from_select(
-            [
-                "campaign_id",
-                "vehicle_id",
-                "wave",
-                "state",
-                "attempts",
-                "state_entered_at",
-                "created_at",
-                "updated_at",
-            ],
-            select(
-                literal(campaign.id),
-                eligible.c.vehicle_id,
-                literal(last.number),
-                literal(DeploymentState.PENDING.value),
-                literal(0),
-                literal(now, Deployment.created_at.type),
-                literal(now, Deployment.created_at.type),
-                literal(now, Deployment.created_at.type),
-            ).where(eligible.c.reason == ELIGIBLE),
-        )
+    newcomers = select(eligible.c.vehicle_id, literal(last.number)).where(
+        eligible.c.reason == ELIGIBLE
     )
+    result = session.execute(_insert_pending(campaign.id, newcomers, now))
     joined = int(result.rowcount)  # type: ignore[attr-defined]
     if joined < 0:  # SQLite reports none for an INSERT that starts with WITH: count them
         joined = int(
@@ -239,6 +208,21 @@ def join_newcomers(session: Session, campaign: Campaign, now: datetime) -> int:
             object_id=campaign.id, after={"joined": joined, "wave": last.number},
         )  # fmt: skip
     return joined
+
+
+def _insert_pending(campaign_id: int, vehicles_and_waves: Select[Any], now: datetime) -> Insert:
+    """INSERT … SELECT of a pending deployment per (vehicle id, wave) row selected."""
+    stamp = literal(now, Deployment.created_at.type)
+    rows = vehicles_and_waves.subquery("placed")
+    vehicle_id, wave = rows.c
+    return insert(Deployment).from_select(
+        ["campaign_id", "vehicle_id", "wave", "state", "attempts", "state_entered_at",
+         "created_at", "updated_at"],
+        select(
+            literal(campaign_id), vehicle_id, wave, literal(DeploymentState.PENDING.value),
+            literal(0), stamp, stamp, stamp,
+        ),
+    )  # fmt: skip
 
 
 def _bound_expressions(plan: WavePlan, total: Any, canaries: Any, postgres: bool) -> list[Any]:
