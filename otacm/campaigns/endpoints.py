@@ -48,8 +48,8 @@ def _out(session: Session, campaign: Campaign) -> CampaignOut:
         return body
     per_wave: dict[int, dict[str, int]] = {}
     for (wave, state, code), count in ledger.counts(session, campaign.id).items():
-        per_wave.setdefault(wave, {})
-        per_wave[wave][state] = per_wave[wave].get(state, 0) + count
+        in_wave = per_wave.setdefault(wave, {})
+        in_wave[state] = in_wave.get(state, 0) + count
         body.states[state] = body.states.get(state, 0) + count
         if code is not None:
             body.failure_codes[code] = body.failure_codes.get(code, 0) + count

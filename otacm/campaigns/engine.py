@@ -111,7 +111,7 @@ def tick(factory: sessionmaker[Session], now: datetime | None = None) -> TickRep
                 Campaign.ends_at,
                 Campaign.wake_at,
                 Campaign.tallies_seen,
-                newest,
+                newest.label("newest"),
             ).where(Campaign.state.in_(TICKED))
         ).all()
     running = [row.id for row in looked_at if _due(row, now)]
@@ -145,7 +145,7 @@ def _due(row: Any, now: datetime) -> bool:
         return False
     if row.wake_at is None or row.wake_at <= now:
         return True
-    return row[5] is not None and (row.tallies_seen is None or row[5] > row.tallies_seen)
+    return row.newest is not None and (row.tallies_seen is None or row.newest > row.tallies_seen)
 
 
 def _next_wake(session: Session, campaign: Campaign, now: datetime) -> datetime | None:
@@ -158,18 +158,16 @@ def _next_wake(session: Session, campaign: Campaign, now: datetime) -> datetime 
     times = [now + LOOK_AGAIN]
     if campaign.ends_at is not None:
         times.append(campaign.ends_at)
-    clocks = [(s, rollout.timeouts.in_progress) for s in COMMITTED]
-    if rollout.timeouts.offered is not None:
-        clocks.append((DeploymentState.OFFERED, rollout.timeouts.offered))
-    for state, limit in clocks:
-        # One index probe each (campaign, state, state_entered_at).
-        oldest = session.scalar(
-            select(func.min(Deployment.state_entered_at)).where(
-                Deployment.campaign_id == campaign.id, Deployment.state == state.value
+    for states, limit in _clocks(rollout):
+        for state in states:
+            # One index probe each (campaign, state, state_entered_at).
+            oldest = session.scalar(
+                select(func.min(Deployment.state_entered_at)).where(
+                    Deployment.campaign_id == campaign.id, Deployment.state == state
+                )
             )
-        )
-        if oldest is not None:
-            times.append(oldest + limit)
+            if oldest is not None:
+                times.append(oldest + limit)
     retry = session.scalar(
         select(func.min(Deployment.next_attempt_at)).where(
             Deployment.campaign_id == campaign.id,
@@ -246,10 +244,10 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         report.opened.append((campaign.id, waiting.number))
         _record(session, campaign, "campaign.wave.open", wave=waiting.number)
         return
-    by_state: dict[DeploymentState, int] = {}
-    for (wave, state, _), count in ledger.counts(session, campaign.id).items():
-        if wave == open_wave.number:
-            by_state[DeploymentState(state)] = by_state.get(DeploymentState(state), 0) + count
+    by_state = {
+        DeploymentState(state): count
+        for state, count in ledger.wave_counts(session, campaign.id, open_wave.number).items()
+    }
     retrying = session.scalar(
         select(func.count()).where(
             Deployment.campaign_id == campaign.id,
@@ -344,14 +342,19 @@ def _retry(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: da
     )
 
 
-def _time_out(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: datetime) -> int:
-    """In-flight deployments past their timeout become `timed_out`, in one statement per
-    clock (the state machine's `timeout` event, applied in bulk)."""
+def _clocks(rollout: RolloutPolicy) -> list[tuple[list[str], timedelta]]:
+    """The states a timeout clock runs in, with how long it runs."""
     clocks = [([s.value for s in COMMITTED], rollout.timeouts.in_progress)]
     if rollout.timeouts.offered is not None:
         clocks.append(([DeploymentState.OFFERED.value], rollout.timeouts.offered))
+    return clocks
+
+
+def _time_out(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: datetime) -> int:
+    """In-flight deployments past their timeout become `timed_out`, in one statement per
+    clock (the state machine's `timeout` event, applied in bulk)."""
     total = 0
-    for states, limit in clocks:
+    for states, limit in _clocks(rollout):
         total += ledger.move_many(
             session,
             campaign.id,

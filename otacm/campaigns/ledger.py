@@ -197,6 +197,15 @@ def counts(session: Session, campaign_id: int) -> dict[TallyKey, int]:
     return {(w, s, c): int(n) for w, s, c, n in session.execute(query) if n}
 
 
+def wave_counts(session: Session, campaign_id: int, wave: int) -> dict[str, int]:
+    """How many of the wave's deployments are in each state."""
+    found: dict[str, int] = {}
+    for (number, state, _), count in counts(session, campaign_id).items():
+        if number == wave:
+            found[state] = found.get(state, 0) + count
+    return found
+
+
 def compact(session: Session, campaign_id: int) -> bool:
     """Fold the campaign's deltas into one row per key once there are more than
     `COMPACT_AFTER`. The rows summed are the rows deleted (DELETE … RETURNING), so a delta

@@ -40,7 +40,7 @@ from otacm.campaigns.states import ACTIVE, COMMITTED, DeploymentEvent, Deploymen
 from otacm.db import is_postgresql
 from otacm.fleet.models import Ecu, Vehicle
 from otacm.targeting import service as targeting
-from otacm.targeting.eligibility import Reason, evaluate
+from otacm.targeting.eligibility import KnownCounters, Reason, evaluate
 from otacm.updates import versions
 from otacm.updates.models import SoftwareUpdate
 
@@ -109,7 +109,7 @@ def offers_for(session: Session, vehicle: Vehicle, now: datetime) -> list[Offer]
     ecus = list(
         session.scalars(select(Ecu).where(Ecu.vehicle_id == vehicle.id, Ecu.removed_at.is_(None)))
     )
-    counters = targeting.known_counters(session) if rows else {}
+    counters: KnownCounters | None = None  # read once, when a pending deployment needs it
     offers: list[Offer] = []
     for deployment, campaign in rows:
         state = DeploymentState(deployment.state)
@@ -120,6 +120,8 @@ def offers_for(session: Session, vehicle: Vehicle, now: datetime) -> list[Offer]
         if state is DeploymentState.PENDING:
             if not running or types & held or not in_window(now, windows):
                 continue
+            if counters is None:
+                counters = targeting.known_counters(session)
             decision = evaluate(
                 targeting.vehicle_facts(vehicle),
                 [targeting.ecu_facts(e) for e in ecus],

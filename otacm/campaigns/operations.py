@@ -80,11 +80,7 @@ def resume(session: Session, actor: Actor, campaign_id: int, comment: str = "") 
     campaign = _campaign(session, campaign_id, "resume")
     wave = _open_wave(session, campaign)
     if wave is not None:
-        resumed_with: dict[str, int] = {}
-        for (number, state, _), count in ledger.counts(session, campaign.id).items():
-            if number == wave.number:
-                resumed_with[state] = resumed_with.get(state, 0) + count
-        wave.resumed_with = resumed_with
+        wave.resumed_with = ledger.wave_counts(session, campaign.id, wave.number)
     campaign.state = CampaignState.RUNNING.value
     campaign.updated_at = utcnow()
     campaign.wake_at = None  # the engine looks at it in its next tick

@@ -20,13 +20,10 @@ def summary(campaign: Campaign, states: Mapping[str, int], now: datetime) -> Pro
     finished = sum(n for s, n in states.items() if DeploymentState(s) in TERMINAL)
     succeeded = states.get(DeploymentState.SUCCEEDED.value, 0)
     failed = sum(n for s, n in states.items() if DeploymentState(s) in RETRYABLE_FAILURES)
-    started = (
-        campaign.starts_at
-        if campaign.starts_at
-        and campaign.launched_at
-        and (campaign.starts_at > campaign.launched_at)
-        else campaign.launched_at
-    )
+    # A scheduled campaign starts after its launch.
+    started = campaign.launched_at
+    if started and campaign.starts_at and campaign.starts_at > started:
+        started = campaign.starts_at
     end = campaign.finished_at or now
     hours = (end - started).total_seconds() / 3600 if started and end > started else 0.0
     throughput = finished / hours if hours > 0 else None
