@@ -21,7 +21,9 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from otacm.campaigns import service
+from otacm.campaigns.engine import worth_a_retry
 from otacm.campaigns.models import Campaign, Deployment
+from otacm.campaigns.policy import RolloutPolicy
 from otacm.campaigns.schemas import CampaignCreate, CampaignState, Urgency
 from otacm.campaigns.states import RETRYABLE_FAILURES, DeploymentState
 from otacm.errors import Conflict
@@ -73,6 +75,7 @@ def _create_child(
     update_ids: list[int],
     vins: list[str],
     detail: dict[str, object],
+    comment: str,
 ) -> Campaign:
     data = CampaignCreate.model_validate(
         {
@@ -94,7 +97,7 @@ def _create_child(
     child.expected_vehicles = len(vins)
     audit.record(
         session, actor, f"campaign.{kind}", object_type="campaign", object_id=parent.id,
-        after={"child_id": child.id, "vehicles": len(vins), **detail},
+        after={"child_id": child.id, "vehicles": len(vins), **detail}, detail=comment or None,
     )  # fmt: skip
     session.flush()
     return child
@@ -112,15 +115,22 @@ def _vins(session: Session, parent: Campaign, *conditions: ColumnElement[bool]) 
 
 
 def retry_failed(
-    session: Session, actor: Actor, campaign_id: int, *, failure_code: str | None = None
+    session: Session,
+    actor: Actor,
+    campaign_id: int,
+    *,
+    failure_code: str | None = None,
+    comment: str = "",
 ) -> Campaign:
     """A draft child campaign for the vehicles whose deployment failed for good."""
     parent = _launched(session, campaign_id)
     conditions: list[ColumnElement[bool]] = [
         Deployment.state.in_([s.value for s in RETRYABLE_FAILURES])
     ]
-    if parent.state in _LIVE:  # the engine still retries those with a retry scheduled
+    if parent.state in _LIVE:  # the parent's engine still retries these itself
+        policy = RolloutPolicy.model_validate(parent.rollout).retries
         conditions.append(Deployment.next_attempt_at.is_(None))
+        conditions.append(~worth_a_retry(policy))
     if failure_code:
         conditions.append(func.lower(Deployment.failure_code) == failure_code.strip().lower())
     vins = _vins(session, parent, *conditions)
@@ -133,7 +143,7 @@ def retry_failed(
     update_ids = service.update_ids_of(session, [parent.id])[parent.id]
     return _create_child(
         session, actor, parent, kind="retry", update_ids=update_ids, vins=vins,
-        detail={"failure_code": failure_code},
+        detail={"failure_code": failure_code}, comment=comment,
     )  # fmt: skip
 
 
@@ -169,7 +179,7 @@ def rollback_target(session: Session, update: SoftwareUpdate) -> SoftwareUpdate:
     )
 
 
-def rollback(session: Session, actor: Actor, campaign_id: int) -> Campaign:
+def rollback(session: Session, actor: Actor, campaign_id: int, comment: str = "") -> Campaign:
     """A draft child campaign taking the vehicles that succeeded back to the rollback
     versions of the parent's updates."""
     parent = _launched(session, campaign_id)
@@ -181,5 +191,5 @@ def rollback(session: Session, actor: Actor, campaign_id: int) -> Campaign:
     targets = {u.id: rollback_target(session, u).id for u in updates}
     return _create_child(
         session, actor, parent, kind="rollback", update_ids=[targets[u] for u in update_ids],
-        vins=vins, detail={"rollback_updates": targets},
+        vins=vins, detail={"rollback_updates": targets}, comment=comment,
     )  # fmt: skip

@@ -164,19 +164,24 @@ def retry_failed(
     failure_code: Annotated[
         str | None, typer.Option(help="Only the vehicles that failed with this code.")
     ] = None,
+    comment: CommentOption = "",
     database_url: DatabaseOption = None,
 ) -> None:
     """Draft a child campaign for the vehicles whose deployment failed for good."""
     _in_session(
         database_url,
-        lambda s: children.retry_failed(s, cli_actor(), campaign_id, failure_code=failure_code),
+        lambda s: children.retry_failed(
+            s, cli_actor(), campaign_id, failure_code=failure_code, comment=comment
+        ),
     )
 
 
 @campaigns_app.command("rollback")
-def rollback(campaign_id: int, database_url: DatabaseOption = None) -> None:
+def rollback(
+    campaign_id: int, comment: CommentOption = "", database_url: DatabaseOption = None
+) -> None:
     """Draft a child campaign taking the vehicles that succeeded back to the rollback versions."""
-    _in_session(database_url, lambda s: children.rollback(s, cli_actor(), campaign_id))
+    _in_session(database_url, lambda s: children.rollback(s, cli_actor(), campaign_id, comment))
 
 
 @campaigns_app.command("report")
@@ -192,7 +197,12 @@ def report(
     with cli_engine(database_url) as engine:
         with make_session_factory(engine)() as session:
             service.get(session, campaign_id)
-        with output.open("w", encoding="utf-8", newline="") as target:
-            for chunk in reporting.export(engine, campaign_id, format):
-                target.write(chunk)
+        try:
+            with output.open("w", encoding="utf-8", newline="") as target:
+                for chunk in reporting.export(engine, campaign_id, format):
+                    target.write(chunk)
+        except OSError as error:
+            raise typer.BadParameter(
+                f"cannot write {output}: {error.strerror}", param_hint="--output"
+            ) from error
     console.print(f"campaign {campaign_id}'s report is in {output}")

@@ -50,10 +50,12 @@ def apply_event(
         before = (deployment.state, deployment.failure_code)
         deployment.state = transition.after.value
         deployment.state_entered_at = now
+        # A retry time belongs to the failure it was planned for: any move makes it moot (the
+        # engine plans again if the new state is a failure worth retrying).
+        deployment.next_attempt_at = None
         if transition.starts_attempt:
             deployment.attempts += 1
             deployment.failure_code = deployment.failure_detail = None
-            deployment.next_attempt_at = None
         if event is DeploymentEvent.FAILED:
             deployment.failure_code = code or "unknown"
             deployment.failure_detail = detail

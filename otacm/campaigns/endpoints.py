@@ -32,7 +32,6 @@ from otacm.campaigns.states import DeploymentState
 from otacm.config import Settings
 from otacm.db import utcnow
 from otacm.deps import SessionDep, WriteSessionDep, get_engine, get_settings
-from otacm.errors import NotFound
 from otacm.fleet.models import Vehicle
 from otacm.fleet.records import Region
 from otacm.fleet.repository import decode_cursor, encode_cursor
@@ -54,7 +53,9 @@ def _out(session: Session, campaign: Campaign) -> CampaignOut:
         if code is not None:
             body.failure_codes[code] = body.failure_codes.get(code, 0) + count
     body.deployments = sum(body.states.values())
-    body.progress = progress.summary(campaign, body.states, utcnow())
+    body.progress = progress.summary(
+        campaign, body.states, utcnow(), retrying=ledger.retrying(session, campaign.id)
+    )
     body.waves = [
         WaveOut(
             number=w.number,
@@ -271,7 +272,7 @@ def get_deployment(
     ).first()
     if row is None:
         service.get(session, campaign_id)
-        raise NotFound(
+        raise service.DeploymentNotFound(
             f"campaign {campaign_id} has no deployment {deployment_id}",
             deployment_id=deployment_id,
         )
@@ -315,14 +316,15 @@ def campaign_report(
 @router.post("/campaigns/{campaign_id}/retry-failed", response_model=CampaignOut, status_code=201)
 def retry_failed_campaign(
     campaign_id: int,
-    body: RetryRequest,
     session: WriteSessionDep,
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+    body: RetryRequest | None = None,
 ) -> CampaignOut:
     """A draft child campaign for the vehicles whose deployment failed for good (optionally
     only one failure code), carrying the same updates; it is approved and launched as usual."""
+    body = body or RetryRequest()
     child = children.retry_failed(
-        session, principal.actor, campaign_id, failure_code=body.failure_code
+        session, principal.actor, campaign_id, failure_code=body.failure_code, comment=body.comment
     )
     return _out(session, child)
 
@@ -330,24 +332,25 @@ def retry_failed_campaign(
 @router.post("/campaigns/{campaign_id}/rollback", response_model=CampaignOut, status_code=201)
 def rollback_campaign(
     campaign_id: int,
-    body: Operation,
     session: WriteSessionDep,
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+    body: Operation | None = None,
 ) -> CampaignOut:
     """A draft child campaign taking the vehicles that succeeded back to each update's
     rollback version (released again with a higher release counter)."""
-    return _out(session, children.rollback(session, principal.actor, campaign_id))
+    comment = body.comment if body else ""
+    return _out(session, children.rollback(session, principal.actor, campaign_id, comment))
 
 
 def _operate(name: str, summary: str) -> None:
     def handler(
         campaign_id: int,
-        body: Operation,
         session: WriteSessionDep,
         principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
+        body: Operation | None = None,
     ) -> CampaignOut:
         operate = getattr(operations, name.replace("-", "_"))
-        result = operate(session, principal.actor, campaign_id, body.comment)
+        result = operate(session, principal.actor, campaign_id, body.comment if body else "")
         campaign = result[0] if isinstance(result, tuple) else result
         return _out(session, campaign)
 

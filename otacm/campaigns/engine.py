@@ -21,10 +21,11 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from otacm.alerts.service import AlertKind, raise_alert
@@ -34,6 +35,7 @@ from otacm.campaigns.ledger import Source
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment, DeploymentTally
 from otacm.campaigns.policy import (
     Action,
+    RetryPolicy,
     RolloutPolicy,
     WaveCounts,
     next_retry_at,
@@ -45,7 +47,9 @@ from otacm.campaigns.states import (
     RETRYABLE_FAILURES,
     DeploymentEvent,
     DeploymentState,
+    moved_by,
 )
+from otacm.config import Settings
 from otacm.db import is_postgresql, unit_of_work, utcnow
 from otacm.security import audit
 
@@ -54,12 +58,13 @@ log = logging.getLogger("otacm.engine")
 TICKED = (CampaignState.RUNNING.value, CampaignState.PAUSED.value)
 # Deployments of one campaign timing out in one tick that make an alert.
 TIMEOUT_SPIKE = 5
-# A running campaign is stepped at least this often, whatever its bookmarks say.
+# A running campaign is stepped at least this often, whatever its bookmarks say: the safety
+# net for a move the tally bookmark missed (on PostgreSQL ids can commit out of order).
 LOOK_AGAIN = timedelta(minutes=1)
 # How often a dynamic campaign looks for newly eligible vehicles (a targeting query per look).
 JOIN_EVERY = timedelta(minutes=10)
 # Offers not yet taken up when a campaign's end time comes: they expire.
-EXPIRABLE = (DeploymentState.PENDING, DeploymentState.OFFERED, DeploymentState.POSTPONED)
+EXPIRABLE = moved_by(DeploymentEvent.EXPIRE)
 
 
 @dataclass
@@ -74,6 +79,14 @@ class TickReport:
     joined: int = 0
     # Running or paused campaigns with nothing to do, not stepped.
     passed_over: int = 0
+    # Campaigns whose step raised (logged; the others went on).
+    failed: list[int] = field(default_factory=list)
+
+
+def _lock_rows(session: Session, query: Select[Any]) -> Select[Any]:
+    if is_postgresql(session.get_bind().dialect):
+        return query.with_for_update()
+    return query
 
 
 def _claim(session: Session, query: Select[Any]) -> Select[Any]:
@@ -82,8 +95,14 @@ def _claim(session: Session, query: Select[Any]) -> Select[Any]:
     return query
 
 
-def tick(factory: sessionmaker[Session], now: datetime | None = None) -> TickReport:
-    """One round of the engine; `factory` should make write sessions (BEGIN IMMEDIATE)."""
+def tick(
+    factory: sessionmaker[Session],
+    now: datetime | None = None,
+    *,
+    settings: Settings | None = None,
+) -> TickReport:
+    """One round of the engine; `factory` should make write sessions (BEGIN IMMEDIATE).
+    `settings` decide where alerts go (the process's `OTACM_*` when not given)."""
     now = now or utcnow()
     report = TickReport()
     with unit_of_work(factory) as session:
@@ -117,23 +136,36 @@ def tick(factory: sessionmaker[Session], now: datetime | None = None) -> TickRep
     running = [row.id for row in looked_at if _due(row, now)]
     report.passed_over = len(looked_at) - len(running)
     for campaign_id in running:
-        with unit_of_work(factory) as session:
-            claimed = session.scalar(
-                _claim(
-                    session,
-                    select(Campaign).where(Campaign.id == campaign_id, Campaign.state.in_(TICKED)),
-                )
-            )
-            if claimed is not None:  # another engine has it, or it changed meanwhile
-                seen = session.scalar(
-                    select(func.max(DeploymentTally.id)).where(
-                        DeploymentTally.campaign_id == campaign_id
-                    )
-                )
-                _step(session, claimed, now, report)
-                claimed.tallies_seen = seen
-                claimed.wake_at = _next_wake(session, claimed, now)
+        try:
+            _step_claimed(factory, campaign_id, now, report, settings)
+        except Exception:  # one campaign's failure must not stall the others
+            log.exception("the rollout engine could not step campaign %s", campaign_id)
+            report.failed.append(campaign_id)
     return report
+
+
+def _step_claimed(
+    factory: sessionmaker[Session],
+    campaign_id: int,
+    now: datetime,
+    report: TickReport,
+    settings: Settings | None,
+) -> None:
+    with unit_of_work(factory) as session:
+        claimed = session.scalar(
+            _claim(
+                session,
+                select(Campaign).where(Campaign.id == campaign_id, Campaign.state.in_(TICKED)),
+            )
+        )
+        if claimed is None:  # another engine has it, or it changed meanwhile
+            return
+        seen = session.scalar(
+            select(func.max(DeploymentTally.id)).where(DeploymentTally.campaign_id == campaign_id)
+        )
+        _step(session, claimed, now, report, settings)
+        claimed.tallies_seen = seen
+        claimed.wake_at = _next_wake(session, claimed, now)
 
 
 def _due(row: Any, now: datetime) -> bool:
@@ -190,7 +222,13 @@ def _next_wake(session: Session, campaign: Campaign, now: datetime) -> datetime 
     return min(times)
 
 
-def _step(session: Session, campaign: Campaign, now: datetime, report: TickReport) -> None:
+def _step(
+    session: Session,
+    campaign: Campaign,
+    now: datetime,
+    report: TickReport,
+    settings: Settings | None,
+) -> None:
     rollout = RolloutPolicy.model_validate(campaign.rollout)
     if campaign.ends_at is not None and campaign.ends_at <= now:
         count = ledger.move_many(
@@ -203,13 +241,13 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
             Source.ENGINE,
         )
         report.expired += count
-        _finish(session, campaign, now, report, reason="end time reached")
+        _finish(session, campaign, now, report, settings, reason="end time reached")
         if count:
             raise_alert(
                 session, AlertKind.END_TIME_REACHED,
                 f"campaign {campaign.id} ({campaign.name}) reached its end time with {count:,} "
                 "vehicles not updated", campaign_id=campaign.id, details={"expired": count},
-                now=now,
+                now=now, settings=settings,
             )  # fmt: skip
         return
     if campaign.state != CampaignState.RUNNING.value:
@@ -221,6 +259,7 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
             session, AlertKind.TIMEOUT_SPIKE,
             f"{timed_out:,} deployments of campaign {campaign.id} ({campaign.name}) timed out "
             "at once", campaign_id=campaign.id, details={"timed_out": timed_out}, now=now,
+            settings=settings,
         )  # fmt: skip
     report.retried += _retry(session, campaign, rollout, now)
     if rollout.dynamic and (campaign.joined_at is None or campaign.joined_at <= now - JOIN_EVERY):
@@ -238,7 +277,7 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         waiting = next((w for w in waves if not w.completed_at), None)
         if waiting is None:
             if not rollout.dynamic:
-                _finish(session, campaign, now, report, reason="every wave completed")
+                _finish(session, campaign, now, report, settings, reason="every wave completed")
             return
         waiting.opened_at = now
         report.opened.append((campaign.id, waiting.number))
@@ -248,17 +287,10 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         DeploymentState(state): count
         for state, count in ledger.wave_counts(session, campaign.id, open_wave.number).items()
     }
-    retrying = session.scalar(
-        select(func.count()).where(
-            Deployment.campaign_id == campaign.id,
-            Deployment.state.in_([s.value for s in RETRYABLE_FAILURES]),
-            Deployment.wave == open_wave.number,
-            Deployment.next_attempt_at.is_not(None),
-        )
-    )
+    retrying = ledger.retrying(session, campaign.id, open_wave.number)
     index = waves.index(open_wave)
     verdict = wave_verdict(
-        WaveCounts.from_states(by_state, retrying=retrying or 0),
+        WaveCounts.from_states(by_state, retrying=retrying),
         rollout.waves,
         wave=index,
         now=now,
@@ -283,7 +315,7 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
         pass  # the last wave stays open for newcomers; the end time or a cancel ends it
     elif verdict.action is Action.COMPLETE:
         open_wave.completed_at = now
-        _finish(session, campaign, now, report, reason="every wave completed")
+        _finish(session, campaign, now, report, settings, reason="every wave completed")
     elif verdict.action is Action.PAUSE:
         campaign.state = CampaignState.PAUSED.value
         campaign.updated_at = now
@@ -296,7 +328,7 @@ def _step(session: Session, campaign: Campaign, now: datetime, report: TickRepor
             f"campaign {campaign.id} ({campaign.name}) paused in wave {open_wave.number}: "
             f"{verdict.reason.value.replace('_', ' ')}", campaign_id=campaign.id,
             details={"wave": open_wave.number, "states": {k.value: v for k, v in by_state.items()}},
-            now=now,
+            now=now, settings=settings,
         )  # fmt: skip
 
 
@@ -305,16 +337,14 @@ def _retry(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: da
     failure), then, when it has come, back to `pending` (the state machine's `retry`)."""
     policy = rollout.retries
     failed_states = [s.value for s in RETRYABLE_FAILURES]
-    unscheduled = session.scalars(
-        select(Deployment).where(
-            Deployment.campaign_id == campaign.id,
-            Deployment.state.in_(failed_states),
-            Deployment.next_attempt_at.is_(None),
-            Deployment.attempts + 1 < policy.max_attempts,
-            func.lower(Deployment.failure_code).in_(list(policy.retry_on)),
-        )
+    unscheduled = select(Deployment).where(
+        Deployment.campaign_id == campaign.id,
+        Deployment.state.in_(failed_states),
+        Deployment.next_attempt_at.is_(None),
+        worth_a_retry(policy),
     )
-    for deployment in unscheduled:
+    # Locked: a vehicle's late report on one of them waits, rather than losing its move.
+    for deployment in session.scalars(_lock_rows(session, unscheduled)):
         deployment.next_attempt_at = next_retry_at(
             deployment.attempts + 1,
             deployment.state_entered_at,
@@ -350,6 +380,14 @@ def _clocks(rollout: RolloutPolicy) -> list[tuple[list[str], timedelta]]:
     return clocks
 
 
+def worth_a_retry(policy: RetryPolicy) -> ColumnElement[bool]:
+    """A failed deployment the retry policy gives another attempt (by attempts and code)."""
+    return and_(
+        Deployment.attempts + 1 < policy.max_attempts,
+        func.lower(func.coalesce(Deployment.failure_code, "")).in_(list(policy.retry_on)),
+    )
+
+
 def _time_out(session: Session, campaign: Campaign, rollout: RolloutPolicy, now: datetime) -> int:
     """In-flight deployments past their timeout become `timed_out`, in one statement per
     clock (the state machine's `timeout` event, applied in bulk)."""
@@ -373,7 +411,13 @@ def _time_out(session: Session, campaign: Campaign, rollout: RolloutPolicy, now:
 
 
 def _finish(
-    session: Session, campaign: Campaign, now: datetime, report: TickReport, *, reason: str
+    session: Session,
+    campaign: Campaign,
+    now: datetime,
+    report: TickReport,
+    settings: Settings | None,
+    *,
+    reason: str,
 ) -> None:
     campaign.state = CampaignState.COMPLETED.value
     campaign.finished_at = campaign.updated_at = now
@@ -382,7 +426,7 @@ def _finish(
     raise_alert(
         session, AlertKind.CAMPAIGN_FINISHED,
         f"campaign {campaign.id} ({campaign.name}) completed: {reason}",
-        campaign_id=campaign.id, now=now,
+        campaign_id=campaign.id, now=now, settings=settings,
     )  # fmt: skip
 
 
@@ -393,12 +437,14 @@ def _record(session: Session, campaign: Campaign, action: str, **after: object) 
     )  # fmt: skip
 
 
-async def run_periodically(factory: sessionmaker[Session], interval: float) -> None:
+async def run_periodically(
+    factory: sessionmaker[Session], interval: float, settings: Settings | None = None
+) -> None:
     """The engine inside `otacm serve` (and `otacm worker`): a tick every `interval` seconds;
     a failing tick is logged and the next one runs."""
     while True:
         try:
-            await run_in_threadpool(tick, factory)
+            await run_in_threadpool(partial(tick, factory, settings=settings))
         except Exception:
             log.exception("the rollout engine's tick failed")
         await asyncio.sleep(interval)

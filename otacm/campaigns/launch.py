@@ -34,12 +34,11 @@ from otacm.campaigns.policy import (
     WavePlan,
     exact_share,
     spread_order,
-    wave_bounds,
 )
 from otacm.campaigns.schemas import CampaignState, Urgency
 from otacm.campaigns.states import DeploymentState
 from otacm.db import is_postgresql, utcnow
-from otacm.errors import Conflict, OtacmError
+from otacm.errors import Conflict
 from otacm.fleet.models import Vehicle
 from otacm.security import audit
 from otacm.security.audit import Actor
@@ -111,25 +110,15 @@ def launch(
         else_=first_wave + len(ends) - 1,
     )
     session.execute(_insert_pending(campaign.id, select(counted.c.vehicle_id, wave), now))
-    # Counted, not taken from the cursor: SQLite reports no row count for an INSERT that
-    # starts with a WITH clause.
-    total = session.scalar(select(func.count()).where(Deployment.campaign_id == campaign.id)) or 0
+    # Counted from what was written (SQLite reports no row count for an INSERT that starts
+    # with a WITH clause), so the waves, tallies and guard see exactly the rows that went in.
+    written = _per_wave(session, campaign.id)
+    total = sum(written.values())
     # Checked after writing, in the same transaction: a refusal rolls all of it back.
     _guard(campaign_id, total, expected_vehicles, margin)
-    canaries = (
-        session.scalar(
-            select(func.count()).where(Deployment.campaign_id == campaign.id, Deployment.wave == 0)
-        )
-        if rollout.waves.canary_vins
-        else 0
-    )
-    bounds = wave_bounds(total, rollout.waves, int(canaries or 0))
-    previous = 0
-    sizes: dict[int, int] = {}
-    for number, end in enumerate(bounds, start=first_wave):
-        sizes[number] = end - previous
-        session.add(CampaignWave(campaign_id=campaign.id, number=number, size=end - previous))
-        previous = end
+    sizes = {number: written.get(number, 0) for number in range(first_wave, first_wave + len(ends))}
+    for number, size in sizes.items():
+        session.add(CampaignWave(campaign_id=campaign.id, number=number, size=size))
     ledger.record_launch(session, campaign.id, sizes)
     scheduled = campaign.urgency == Urgency.SCHEDULED and (campaign.starts_at or now) > now
     campaign.state = (CampaignState.SCHEDULED if scheduled else CampaignState.RUNNING).value
@@ -138,7 +127,7 @@ def launch(
     audit.record(
         session, actor, "campaign.launch", object_type="campaign", object_id=campaign.id,
         after={"state": campaign.state, "deployments": total, "expected": expected_vehicles,
-               "waves": [b for b in bounds]},
+               "waves": list(sizes.values())},
     )  # fmt: skip
     session.flush()
     return campaign
@@ -175,7 +164,7 @@ def join_newcomers(session: Session, campaign: Campaign, now: datetime) -> int:
                 )
             ),
         )
-    except OtacmError:  # an update was withdrawn meanwhile: it reaches no one new
+    except targeting.UpdateNotTargetable:  # withdrawn meanwhile: it reaches no one new
         return 0
     last = session.scalar(
         select(CampaignWave)
@@ -189,17 +178,8 @@ def join_newcomers(session: Session, campaign: Campaign, now: datetime) -> int:
     newcomers = select(eligible.c.vehicle_id, literal(last.number)).where(
         eligible.c.reason == ELIGIBLE
     )
-    result = session.execute(_insert_pending(campaign.id, newcomers, now))
-    joined = int(result.rowcount)  # type: ignore[attr-defined]
-    if joined < 0:  # SQLite reports none for an INSERT that starts with WITH: count them
-        joined = int(
-            session.scalar(
-                select(func.count()).where(
-                    Deployment.campaign_id == campaign.id, Deployment.created_at == now
-                )
-            )
-            or 0
-        )
+    session.execute(_insert_pending(campaign.id, newcomers, now))
+    joined = _per_wave(session, campaign.id, last.number).get(last.number, 0) - last.size
     if joined:
         last.size += joined
         ledger.record_launch(session, campaign.id, {last.number: joined})
@@ -208,6 +188,14 @@ def join_newcomers(session: Session, campaign: Campaign, now: datetime) -> int:
             object_id=campaign.id, after={"joined": joined, "wave": last.number},
         )  # fmt: skip
     return joined
+
+
+def _per_wave(session: Session, campaign_id: int, wave: int | None = None) -> dict[int, int]:
+    """How many deployments the campaign has per wave (or in one wave)."""
+    query = select(Deployment.wave, func.count()).where(Deployment.campaign_id == campaign_id)
+    if wave is not None:
+        query = query.where(Deployment.wave == wave)
+    return {number: count for number, count in session.execute(query.group_by(Deployment.wave))}
 
 
 def _insert_pending(campaign_id: int, vehicles_and_waves: Select[Any], now: datetime) -> Insert:

@@ -40,7 +40,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from otacm.campaigns.models import Deployment, DeploymentEventRecord, DeploymentTally
-from otacm.campaigns.states import DeploymentEvent
+from otacm.campaigns.states import (
+    RETRYABLE_FAILURES,
+    TRANSITIONS,
+    DeploymentEvent,
+    DeploymentState,
+)
 from otacm.db import is_postgresql
 
 # Deltas a campaign may gather before the engine folds them.
@@ -136,6 +141,10 @@ def move_many(
     if not rows:
         return 0
     new_state = str(values["state"])
+    for before in {row.state for row in rows}:
+        # The state machine is the only authority on moves, in bulk too.
+        if TRANSITIONS.get((DeploymentState(before), event)) != DeploymentState(new_state):
+            raise ValueError(f"{event.value} does not move {before} to {new_state}")
     by_state: dict[str, list[int]] = {}
     deltas: Counter[TallyKey] = Counter()
     for deployment_id, wave, state, code in rows:
@@ -195,6 +204,19 @@ def counts(session: Session, campaign_id: int) -> dict[TallyKey, int]:
         .group_by(DeploymentTally.wave, DeploymentTally.state, DeploymentTally.failure_code)
     )
     return {(w, s, c): int(n) for w, s, c, n in session.execute(query) if n}
+
+
+def retrying(session: Session, campaign_id: int, wave: int | None = None) -> int:
+    """Failures of the campaign (or of one wave) with a retry scheduled: not finished yet.
+    Not a tally (scheduling a retry is no move), but few rows, found by index."""
+    query = select(func.count()).where(
+        Deployment.campaign_id == campaign_id,
+        Deployment.state.in_([s.value for s in RETRYABLE_FAILURES]),
+        Deployment.next_attempt_at.is_not(None),
+    )
+    if wave is not None:
+        query = query.where(Deployment.wave == wave)
+    return int(session.scalar(query) or 0)
 
 
 def wave_counts(session: Session, campaign_id: int, wave: int) -> dict[str, int]:

@@ -135,7 +135,12 @@ class DeploymentTally(Base):
 
     __tablename__ = "deployment_tallies"
     # The newest per campaign is one index probe (the engine's tick asks it of every campaign).
-    __table_args__ = (Index("ix_deployment_tallies_campaign", "campaign_id", "id"),)
+    # Ids only grow, also on SQLite after `compact` deletes the newest rows: the engine's
+    # bookmark compares them.
+    __table_args__ = (
+        Index("ix_deployment_tallies_campaign", "campaign_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     campaign_id: Mapped[int] = mapped_column(BigId)

@@ -8,9 +8,10 @@ campaign), each only when
 - the campaign's maintenance windows are open now (no windows: always),
 - none of the ECUs it updates is held by another deployment in flight (offered … installed, in
   any campaign): one deployment per ECU at a time, the higher priority first,
-- the update still applies: the targeting rules are checked again for this vehicle as it is
-  now; a deployment whose updates no longer apply (the ECU was updated some other way, or
-  replaced) is cancelled, saying why, instead of being offered.
+- the update still applies: it is still released, and the targeting rules (region rules
+  included) are checked again for this vehicle as it is now; a deployment whose updates no
+  longer apply (withdrawn, the ECU updated some other way or replaced, the vehicle moved out of
+  the campaign's regions) is cancelled, saying why, instead of being offered.
 
 An offer records the software each targeted ECU runs before (`Deployment.versions`); the
 vehicle's manifest, once it shows every targeted ECU on its new version, confirms the update
@@ -41,6 +42,7 @@ from otacm.db import is_postgresql
 from otacm.fleet.models import Ecu, Vehicle
 from otacm.targeting import service as targeting
 from otacm.targeting.eligibility import KnownCounters, Reason, evaluate
+from otacm.targeting.schemas import RegionRestriction
 from otacm.updates import versions
 from otacm.updates.models import SoftwareUpdate
 
@@ -74,9 +76,39 @@ def _updates_by_campaign(
 
 
 def _lock(session: Session, query: Any) -> Any:
-    return (
-        query.with_for_update(of=Deployment) if is_postgresql(session.get_bind().dialect) else query
+    """Lock the deployments read: the vehicle's concurrent polls wait rather than offer twice."""
+    if is_postgresql(session.get_bind().dialect):
+        return query.with_for_update(of=Deployment)
+    return query
+
+
+def _windows_open(campaign: Campaign, now: datetime) -> bool:
+    return in_window(now, RolloutPolicy.model_validate(campaign.rollout).maintenance_windows)
+
+
+def _no_longer_applies(
+    vehicle: Vehicle,
+    ecus: Sequence[Ecu],
+    campaign: Campaign,
+    carried: Sequence[SoftwareUpdate],
+    counters: KnownCounters,
+) -> tuple[str | None, set[str]]:
+    """Why the campaign's updates no longer reach the vehicle (None: they do), and the serials
+    of the ECUs they update. The same rules as at launch, for the vehicle as it is now."""
+    withdrawn = [u for u in carried if u.state not in targeting.TARGETABLE_STATES]
+    if withdrawn:
+        return f"update {withdrawn[0].id} is {withdrawn[0].state}", set()
+    regions = RegionRestriction.model_validate(campaign.regions)
+    decision = evaluate(
+        targeting.vehicle_facts(vehicle),
+        [targeting.ecu_facts(e) for e in ecus],
+        [targeting.rule_of(u) for u in carried],
+        regions=targeting.region_rule(regions),
+        known_counters=counters,
     )
+    if decision.reason is not Reason.ELIGIBLE:
+        return decision.reason.value, set()
+    return None, {s for d in decision.eligible_updates for s in d.ecu_serials}
 
 
 def offers_for(session: Session, vehicle: Vehicle, now: datetime) -> list[Offer]:
@@ -116,25 +148,18 @@ def offers_for(session: Session, vehicle: Vehicle, now: datetime) -> list[Offer]
         carried = updates[campaign.id]
         types = {u.ecu_type for u in carried}
         running = campaign.state == CampaignState.RUNNING.value
-        windows = RolloutPolicy.model_validate(campaign.rollout).maintenance_windows
         if state is DeploymentState.PENDING:
-            if not running or types & held or not in_window(now, windows):
+            if not running or types & held or not _windows_open(campaign, now):
                 continue
             if counters is None:
                 counters = targeting.known_counters(session)
-            decision = evaluate(
-                targeting.vehicle_facts(vehicle),
-                [targeting.ecu_facts(e) for e in ecus],
-                [targeting.rule_of(u) for u in carried],
-                known_counters=counters,
-            )
-            if decision.reason is not Reason.ELIGIBLE:
+            reason, targeted = _no_longer_applies(vehicle, ecus, campaign, carried, counters)
+            if reason is not None:
                 apply_event(
                     session, deployment, DeploymentEvent.CANCEL, now, source=Source.ENGINE,
-                    detail=f"no longer applicable at offer time: {decision.reason.value}",
+                    detail=f"no longer applicable at offer time: {reason}",
                 )  # fmt: skip
                 continue
-            targeted = {s for d in decision.eligible_updates for s in d.ecu_serials}
             deployment.versions = {
                 e.serial: {"ecu_type": e.ecu_type, "before": e.software_version}
                 for e in ecus
@@ -146,7 +171,7 @@ def offers_for(session: Session, vehicle: Vehicle, now: datetime) -> list[Offer]
             state is DeploymentState.POSTPONED
             and running
             and deployment.state_entered_at <= now - REOFFER_AFTER
-            and in_window(now, windows)
+            and _windows_open(campaign, now)
         ):
             apply_event(session, deployment, DeploymentEvent.OFFER, now, source=Source.ENGINE)
         offers.append(Offer(deployment, campaign, tuple(carried)))

@@ -16,7 +16,7 @@ from otacm.campaigns import ledger, service
 from otacm.campaigns.ledger import Source
 from otacm.campaigns.models import Campaign, CampaignWave, Deployment
 from otacm.campaigns.schemas import CampaignState
-from otacm.campaigns.states import DeploymentEvent, DeploymentState
+from otacm.campaigns.states import DeploymentEvent, DeploymentState, moved_by
 from otacm.db import utcnow
 from otacm.security import audit
 from otacm.security.audit import Actor
@@ -29,7 +29,7 @@ ALLOWED: dict[str, frozenset[CampaignState]] = {
     "cancel": frozenset({_S.APPROVED, _S.SCHEDULED, _S.RUNNING, _S.PAUSED}),
 }
 # What `cancel` moves (see states.TRANSITIONS): not yet taken up by the vehicle.
-CANCELLABLE = (DeploymentState.PENDING, DeploymentState.OFFERED, DeploymentState.POSTPONED)
+CANCELLABLE = moved_by(DeploymentEvent.CANCEL)
 
 
 def _campaign(session: Session, campaign_id: int, operation: str) -> Campaign:

@@ -135,21 +135,20 @@ class Operation(BaseModel):
 
 
 class ProgressOut(BaseModel):
-    finished: int = Field(description="Deployments in a terminal state")
-    remaining: int = Field(description="Deployments not yet finished")
+    finished: int = Field(description="Succeeded, or failed with no retry to come")
+    withdrawn: int = Field(description="Declined, cancelled or expired: no verdict on the software")
+    remaining: int = Field(description="Not yet finished (failures awaiting a retry included)")
     success_rate: float | None = Field(description="Succeeded, of those finished")
     failure_rate: float | None = Field(
-        description="Failed, timed out or rolled back (retries pending included), of those finished"
+        description="Failed for good, of those finished (the engine's failure share)"
     )
     throughput_per_hour: float | None = Field(
-        description="Deployments finished per hour, on average since the campaign started"
+        description="Deployments finished or withdrawn per hour, on average since the start"
     )
-    eta: datetime | None = Field(description="When the rest would finish at that rate")
+    eta: datetime | None = Field(description="When the remaining would end at that rate")
 
 
-class RetryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RetryRequest(Operation):
     failure_code: str | None = Field(
         default=None, max_length=64, description="Only the vehicles that failed with this code"
     )

@@ -60,6 +60,10 @@ class CampaignNotFound(NotFound):
     code = "campaign_not_found"
 
 
+class DeploymentNotFound(NotFound):
+    code = "deployment_not_found"
+
+
 class CampaignStateConflict(Conflict):
     code = "campaign_state_conflict"
 

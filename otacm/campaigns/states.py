@@ -366,3 +366,8 @@ def count_by_state(states: Iterable[DeploymentState]) -> dict[DeploymentState, i
     for state in states:
         counts[state] += 1
     return counts
+
+
+def moved_by(event: DeploymentEvent) -> frozenset[DeploymentState]:
+    """The states `event` moves a deployment out of (the rows of its column in the table)."""
+    return frozenset(state for state, e in TRANSITIONS if e is event)

@@ -45,7 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
 from otacm.campaigns.models import Campaign, CampaignUpdate, Deployment
-from otacm.campaigns.states import UNFINISHED
+from otacm.campaigns.states import RETRYABLE_FAILURES, UNFINISHED
 from otacm.db import is_postgresql
 from otacm.fleet.models import BigId, Ecu, Vehicle
 from otacm.targeting.eligibility import (
@@ -147,8 +147,20 @@ def live_campaigns_for(session: Session, ecu_types: Collection[str]) -> tuple[in
     return tuple(session.scalars(query))
 
 
+def _still_running() -> ColumnElement[bool]:
+    """A deployment not done with its vehicle: unfinished, or failed with a retry planned."""
+    return or_(
+        Deployment.state.in_([s.value for s in UNFINISHED]),
+        and_(
+            Deployment.state.in_([s.value for s in RETRYABLE_FAILURES]),
+            Deployment.next_attempt_at.is_not(None),
+        ),
+    )
+
+
 def busy_condition(vehicle_id: Any, campaign_ids: Sequence[int]) -> ColumnElement[bool]:
-    """The vehicle has an unfinished deployment (pending … installed) in one of `campaign_ids`
+    """The vehicle has a deployment still running (pending … installed, or a failure with a
+    retry planned) in one of `campaign_ids`
     (`live_campaigns_for` the ECU types at hand): it is `busy_in_other_campaign`, so one ECU
     never has two campaigns' deployments under way."""
     if not campaign_ids:
@@ -157,7 +169,7 @@ def busy_condition(vehicle_id: Any, campaign_ids: Sequence[int]) -> ColumnElemen
         select(Deployment.id).where(
             Deployment.vehicle_id == vehicle_id,
             Deployment.campaign_id.in_(list(campaign_ids)),
-            Deployment.state.in_([s.value for s in UNFINISHED]),
+            _still_running(),
         )
     )
 
@@ -171,7 +183,7 @@ def busy_ecu_types(session: Session, vehicle_id: int) -> frozenset[str]:
         .join(Deployment, Deployment.campaign_id == Campaign.id)
         .where(
             Deployment.vehicle_id == vehicle_id,
-            Deployment.state.in_([s.value for s in UNFINISHED]),
+            _still_running(),
             Campaign.state.in_(LIVE_CAMPAIGNS),
         )
         .distinct()

@@ -262,6 +262,8 @@ def vehicle_updates(session: Session, vin: str) -> VehicleUpdatesOut:
             status = EcuCompliance.NO_RELEASE
         elif versions.compare_reading(ecu.software_version, latest.version) >= 0:
             status = EcuCompliance.ON_LATEST
+        elif ecu.ecu_type in busy:
+            status = EcuCompliance.IN_PROGRESS
         elif ecu.serial in serials_with_update:
             status = EcuCompliance.UPDATE_AVAILABLE
         else:
@@ -284,7 +286,8 @@ def vehicle_updates(session: Session, vin: str) -> VehicleUpdatesOut:
 
 def fleet_compliance(session: Session) -> ComplianceOut:
     """Per ECU type and model: fitted ECUs on the newest released version for their hardware,
-    behind it, or with no release for their hardware at all."""
+    behind it with a deployment of a live campaign under way (`in_progress`), behind it, or with
+    no release for their hardware at all."""
     released = list(
         session.scalars(
             select(SoftwareUpdate).where(SoftwareUpdate.state == UpdateState.RELEASED.value)
@@ -308,8 +311,16 @@ def fleet_compliance(session: Session) -> ComplianceOut:
         installed = tuple_(
             Ecu.ecu_type, Ecu.hardware_part_number, Ecu.hardware_version, Ecu.software_version
         )
+        running = [
+            and_(Ecu.ecu_type == ecu_type, preview.busy_condition(Ecu.vehicle_id, campaigns))
+            for ecu_type in sorted({key[0] for key in latest})
+            if (campaigns := preview.live_campaigns_for(session, {ecu_type}))
+        ]
         status = case(
             (installed.in_(current), "on_latest") if current else (false(), "on_latest"),
+            (and_(hardware.in_(list(latest)), or_(*running)), "in_progress")
+            if running
+            else (false(), "in_progress"),
             (hardware.in_(list(latest)), "behind"),
             else_="no_release",
         )

@@ -406,3 +406,128 @@ def test_a_tick_passes_over_campaigns_with_nothing_to_do(
     assert tick(engine, T0 + timedelta(minutes=4)).passed_over == 1  # paused, no end time
     alice.post(f"/api/v1/campaigns/{cid}/resume", json={})
     assert tick(engine, T0 + timedelta(minutes=4)).passed_over == 0
+
+
+def test_a_planned_retry_is_dropped_when_the_vehicle_reports_a_final_failure(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    rollout = {
+        **ONE_WAVE,
+        "timeouts": {"in_progress": "PT1H"},
+        "retries": {"retry_on": ["timed_out"], "backoff_base": "PT10M"},
+    }
+    _, cid = launched(as_role, rollout=rollout)
+    tick(engine, T0)
+    offer(engine, 0)
+    move(engine, cid, 0, "accepted")
+    assert tick(engine, T0 + timedelta(hours=2)).timed_out == 1  # a retry is planned
+    with unit_of_work(make_session_factory(engine)) as session:
+        assert _deployment(session, cid, 0).next_attempt_at is not None
+        # The vehicle was alive after all: its flash failed, which the policy does not retry.
+        apply_event(
+            session, _deployment(session, cid, 0), DeploymentEvent.FAILED, T0, code="flash_error"
+        )
+    assert tick(engine, T0 + timedelta(hours=5)).retried == 0
+    assert states_of(engine, cid)[vin(0)] == "failed"
+
+
+def test_offers_check_withdrawal_and_regions_again(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    alice, cid = launched(as_role, rollout=ONE_WAVE)
+    tick(engine, T0)
+    with unit_of_work(make_session_factory(engine)) as session:
+        _vehicle(session, 1).region = "NA"  # moved out of the campaign's allowed regions
+    assert offer(engine, 1) == []
+    assert states_of(engine, cid)[vin(1)] == "cancelled"
+    from otacm.updates.models import SoftwareUpdate
+
+    with unit_of_work(make_session_factory(engine)) as session:
+        update = session.get(SoftwareUpdate, 1)
+        assert update is not None
+        update.state = "withdrawn"
+    assert offer(engine, 2) == []
+    with unit_of_work(make_session_factory(engine)) as session:
+        deployment_id = _deployment(session, cid, 2).id
+    events = alice.get(f"/api/v1/campaigns/{cid}/deployments/{deployment_id}").json()["events"]
+    assert events[-1]["detail"] == "no longer applicable at offer time: update 1 is withdrawn"
+
+
+def test_retry_failed_leaves_out_what_the_parent_still_retries(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    rollout = {**ONE_WAVE, "retries": {"retry_on": ["network_error"], "max_attempts": 3}}
+    alice, cid = launched(as_role, rollout=rollout)
+    tick(engine, T0)
+    for number, code in [(0, "network_error"), (1, "flash_error")]:
+        offer(engine, number)
+        move(engine, cid, number, "accepted", "failed", code=code)
+    # Before the engine has planned vehicle 0's retry: it is still the parent's to retry.
+    response = alice.post(f"/api/v1/campaigns/{cid}/retry-failed", json={"comment": "workshop"})
+    assert response.status_code == 201, response.text
+    assert response.json()["selection"]["vins"] == [vin(1)]
+    # Its planned retry keeps the vehicle busy for other campaigns of the same ECU type.
+    tick(engine, T0 + timedelta(seconds=1))
+    from otacm.targeting.preview import busy_ecu_types
+
+    with unit_of_work(make_session_factory(engine)) as session:
+        assert busy_ecu_types(session, _vehicle(session, 0).id) == {"BCM"}
+        assert busy_ecu_types(session, _vehicle(session, 1).id) == frozenset()
+    from otacm.security.models import AuditEntry
+
+    with unit_of_work(make_session_factory(engine)) as session:
+        entry = session.scalar(select(AuditEntry).where(AuditEntry.action == "campaign.retry"))
+        assert entry is not None and entry.detail == "workshop"
+
+
+def test_the_engine_wakes_for_what_falls_due_between_its_minutely_looks(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    """Each tick below comes 10 s after something falls due but under a minute after the
+    previous look: only the campaign's wake time makes the engine look again."""
+    rollout = {
+        "waves": {
+            "steps": [{"percent": 10}, {"percent": 100}],
+            "soak_time": "PT1H",
+            "success_threshold_percent": 50,
+        },
+        "timeouts": {"in_progress": "PT2H"},
+        "retries": {"retry_on": ["network_error"], "backoff_base": "PT10M"},
+    }
+    _, cid = launched(as_role, rollout=rollout)
+    tick(engine, T0)
+    drive(engine, cid, 1, SUCCEED, count=3)
+    drive(engine, cid, 1, ["offer", "accepted"], count=4)  # the fourth hangs in flight
+    # Soak: the threshold is met at T0 + 1 min, so wave 2 may open at T0 + 1 h 1 min.
+    tick(engine, T0 + timedelta(minutes=1))
+    tick(engine, T0 + timedelta(hours=1, minutes=1) - timedelta(seconds=30))
+    assert tick(engine, T0 + timedelta(hours=1, minutes=1, seconds=10)).opened == [(cid, 2)]
+    # Timeout: the hanging deployment entered `accepted` at T0, so it times out at T0 + 2 h.
+    tick(engine, T0 + timedelta(hours=2) - timedelta(seconds=30))
+    assert tick(engine, T0 + timedelta(hours=2, seconds=10)).timed_out == 1
+    # Retry: a network error at T0 + 3 h is retried 10 minutes later.
+    later = T0 + timedelta(hours=3)
+    with unit_of_work(make_session_factory(engine)) as session:
+        deployment = session.scalar(
+            select(Deployment)
+            .where(Deployment.campaign_id == cid, Deployment.wave == 2)
+            .order_by(Deployment.id)
+            .limit(1)
+        )
+        assert deployment is not None
+        for event in ("offer", "accepted", "failed"):
+            apply_event(session, deployment, DeploymentEvent(event), later, code="network_error")
+    tick(engine, later)  # plans the retry for later + 10 min
+    tick(engine, later + timedelta(minutes=10) - timedelta(seconds=30))
+    assert tick(engine, later + timedelta(minutes=10, seconds=10)).retried == 1
+
+
+def test_a_dynamic_campaign_wakes_for_its_next_look_at_newcomers(
+    fleet: list[str], as_role: Callable[..., TestClient], engine: Engine
+) -> None:
+    _, cid = launched(as_role, rollout={**ONE_WAVE, "dynamic": True})
+    tick(engine, T0)
+    with unit_of_work(make_session_factory(engine)) as session:
+        add_ecu(session, add_vehicle(session, 50), "BCM", software_version="4.0.0")
+    tick(engine, T0 + JOIN_EVERY - timedelta(seconds=30))
+    assert tick(engine, T0 + JOIN_EVERY + timedelta(seconds=10)).joined == 1

@@ -538,3 +538,11 @@ def test_a_vehicle_in_another_live_campaign_is_busy(
     assert reasons[vin(3)] is Reason.ALREADY_UP_TO_DATE
     view = client.get(f"/api/v1/vehicles/{vin(0)}/updates").json()
     assert view["not_applicable"][0]["reason"] == "busy_in_other_campaign"
+    # Its BCM is being updated; the gateway of vehicle 2 too (campaign 3), not its BCM.
+    assert {e["ecu_type"]: e["status"] for e in view["ecus"]}["BCM"] == "in_progress"
+    view = client.get(f"/api/v1/vehicles/{vin(2)}/updates").json()
+    assert {e["ecu_type"]: e["status"] for e in view["ecus"]}["BCM"] != "in_progress"
+    rows = client.get("/api/v1/fleet/compliance").json()["rows"]
+    by_key = {(r["ecu_type"], r["model"]): r for r in rows}
+    assert by_key[("BCM", "Nordra")]["in_progress"] == 1
+    assert by_key[("GATEWAY", "Nordra")]["in_progress"] == 1

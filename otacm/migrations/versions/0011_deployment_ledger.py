@@ -43,6 +43,7 @@ def upgrade() -> None:
         sa.Column("failure_code", sa.String(length=64), nullable=True),
         sa.Column("delta", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deployment_tallies")),
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_deployment_tallies_campaign", "deployment_tallies", ["campaign_id", "id"])
     # Launched campaigns get their tallies from their deployments as they are now.
