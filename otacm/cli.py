@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,7 +38,16 @@ console = Console(stderr=True)
 
 
 def settings_with(database_url: str | None) -> Settings:
-    settings = get_settings()
+    """The process's settings (`OTACM_*`), with `--database-url` when given. A setting that is
+    not valid ends the command, naming it, with exit code 2."""
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "OTACM_" + "_".join(str(part) for part in error["loc"]).upper()
+            detail = error["msg"].removeprefix("Value error, ")
+            console.print(f"[red]{detail if detail.startswith(name) else f'{name}: {detail}'}")
+        raise typer.Exit(2) from None
     if database_url:
         settings = settings.model_copy(update={"database_url": database_url})
     return settings
@@ -70,10 +80,13 @@ def cli_engine(database_url: str | None) -> Iterator[Engine]:
 
 
 @contextmanager
-def cli_session(database_url: str | None) -> Iterator[Session]:
-    """One CLI command's unit of work: committed at the end, nothing stored on an error."""
-    with cli_engine(database_url) as engine, unit_of_work(make_session_factory(engine)) as session:
-        yield session
+def cli_session(database_url: str | None, *, write: bool = False) -> Iterator[Session]:
+    """One CLI command's unit of work: committed at the end, nothing stored on an error. With
+    `write`, for commands that read, then write: SQLite's write lock is taken at BEGIN."""
+    with cli_engine(database_url) as engine:
+        factory = make_write_session_factory(engine) if write else make_session_factory(engine)
+        with unit_of_work(factory) as session:
+            yield session
 
 
 DatabaseOption = Annotated[
@@ -154,7 +167,7 @@ def worker(database_url: DatabaseOption = None) -> None:
 
     async def run(factory: sessionmaker[Session]) -> None:
         await asyncio.gather(
-            rollout.run_periodically(factory, interval),
+            rollout.run_periodically(factory, interval, settings),
             delivery.run_periodically(factory, settings, notify_every),
         )
 

@@ -48,3 +48,4 @@ def get_session(request: Request) -> Iterator[Session]:
 # transaction open for as long as a streamed answer takes.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 WriteSessionDep = Annotated[Session, Depends(get_write_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -10,9 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine
 
-from otacm.config import Settings
 from otacm.db import utcnow
-from otacm.deps import SessionDep, get_engine, get_settings
+from otacm.deps import SessionDep, SettingsDep, get_engine
 from otacm.fleet import repository, service
 from otacm.fleet.exporter import export_fleet
 from otacm.fleet.importer import run_import
@@ -123,7 +122,7 @@ def change_vehicle_status(
 async def import_fleet(
     request: Request,
     engine: Annotated[Engine, Depends(get_engine)],
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Permission.FLEET_IMPORT))],
     strict: bool = False,
     filename: Annotated[str, Query(max_length=500)] = "upload",
@@ -167,7 +166,7 @@ def list_imports(
 def get_import(
     import_id: int,
     session: SessionDep,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     _: Annotated[Principal, Depends(require(Permission.FLEET_READ))],
 ) -> ImportReportOut:
     return service.import_report(session, import_id, settings.import_report_rejections)

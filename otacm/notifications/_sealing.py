@@ -20,6 +20,11 @@ def _context(endpoint_id: int) -> bytes:
     return b"otacm webhook secret of endpoint %d" % endpoint_id
 
 
+def has_server_key(settings: Settings) -> bool:
+    """Whether this installation's keys directory holds a server key (valid or not)."""
+    return (settings.resolved_keys_dir() / encryption.SERVER_KEY_FILE).exists()
+
+
 def server_key(settings: Settings, *, create: bool = False) -> bytes:
     """The server key. With `create`, it is made on first use, as for confidential updates,
     but only in a keys directory that `otacm keys init` has set up.
@@ -29,14 +34,14 @@ def server_key(settings: Settings, *, create: bool = False) -> bytes:
         KeyFileInvalid: the key file exists but is not a usable key.
     """
     keys_dir = settings.resolved_keys_dir()
-    if not (keys_dir / encryption.SERVER_KEY_FILE).exists() and not (
-        create and KeyStore(keys_dir).initialised()
-    ):
+    if not has_server_key(settings) and not (create and KeyStore(keys_dir).initialised()):
         raise KeysNotInitialised(
             f"no server key in {keys_dir} to encrypt webhook secrets with: "
             "run `otacm keys init` first (or point OTACM_KEYS_DIR at the existing keys)"
         )
-    return encryption.load_or_create_server_key(keys_dir)
+    if create:
+        return encryption.load_or_create_server_key(keys_dir)
+    return encryption.load_server_key(keys_dir)  # unwrapping: never a new key
 
 
 def seal(secret: bytes, key: bytes, endpoint_id: int) -> bytes:

@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from otacm.errors import OtacmError, ValidationFailed
+from otacm.files import write_private_file
+from otacm.security.keys import KeysNotInitialised
 
 BytesLike: TypeAlias = bytes | bytearray | memoryview
 
@@ -379,21 +381,43 @@ def rewrap_data_key(
     return wrap_data_key(data_key, new_server_key, context=context)
 
 
-def load_or_create_server_key(keys_dir: Path) -> bytes:
-    """The server key in `keys_dir/server-data-key.bin`, created on first use.
+def load_server_key(keys_dir: Path) -> bytes:
+    """The server key in `keys_dir/server-data-key.bin`; never creates one. Everything that
+    unwraps uses this: a key made now could not open anything wrapped before.
 
     Raises:
+        KeysNotInitialised: there is no key file.
         KeyFileInvalid: the file is not a regular file of 32 bytes readable by its owner only.
     """
     path = keys_dir / SERVER_KEY_FILE
     try:
         return _read_server_key(path)
     except FileNotFoundError:
+        raise KeysNotInitialised(
+            f"no server key in {keys_dir}: run `otacm keys init` to set up the keys directory "
+            f"(or point OTACM_KEYS_DIR at the existing keys, or restore {SERVER_KEY_FILE} from "
+            "a backup)"
+        ) from None
+
+
+def load_or_create_server_key(keys_dir: Path) -> bytes:
+    """The server key in `keys_dir/server-data-key.bin`, created when missing: for setting up
+    the keys directory, and for wrapping a key (never for unwrapping: `load_server_key`).
+
+    Raises:
+        KeyFileInvalid: the file is not a regular file of 32 bytes readable by its owner only.
+    """
+    try:
+        return load_server_key(keys_dir)
+    except KeysNotInitialised:
         pass
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _create_key_file(path, secrets.token_bytes(KEY_SIZE))
+    # A link never replaces an existing file: if two processes start at once, both end up
+    # with the key that was first, instead of one wrapping data keys under a key then lost.
+    with contextlib.suppress(FileExistsError):
+        write_private_file(keys_dir / SERVER_KEY_FILE, secrets.token_bytes(KEY_SIZE), replace=False)
     # Read back rather than return the new key: another process may have created the file first.
-    return _read_server_key(path)
+    return _read_server_key(keys_dir / SERVER_KEY_FILE)
 
 
 def _read_server_key(path: Path) -> bytes:
@@ -416,29 +440,6 @@ def _read_server_key(path: Path) -> bytes:
     if len(key) != KEY_SIZE:
         raise KeyFileInvalid(f"server key {path} must hold exactly {KEY_SIZE} bytes")
     return key
-
-
-def _create_key_file(path: Path, key: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)  # whatever the umask
-            f.write(key)
-            f.flush()
-            os.fsync(f.fileno())
-        # A hard link publishes the complete file atomically and, unlike os.replace, never
-        # overwrites: if two processes start at once, both end up with the key that was first,
-        # instead of one wrapping data keys under a key that is then lost.
-        with contextlib.suppress(FileExistsError):
-            os.link(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def decode_vehicle_public_key(text: str) -> bytes:

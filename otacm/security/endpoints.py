@@ -33,7 +33,6 @@ from otacm.security.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1", tags=["operators"])
-SessionDep = SessionDep
 
 
 def _user_out(user: User) -> UserOut:

@@ -14,9 +14,9 @@ directory of mode 0700; a key file is never overwritten by `init`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from securesystemslib.signer import CryptoSigner, SSlibKey
 
 from otacm.config import Settings
 from otacm.errors import Conflict, NotFound, OtacmError, ValidationFailed
+from otacm.files import write_private_file
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,15 @@ class KeyStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        # Online signers by key id: loading is cheap, but metadata is signed often.
+        # Online signers by (role, key id), loaded once: metadata is signed often. A key id
+        # names one key for good, so an entry never goes stale, not even across rotations.
         self._online: dict[tuple[str, str], CryptoSigner] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyStore:
-        return cls(settings.resolved_keys_dir())
+        """This process's store of the configured keys directory: the same one every time, so
+        that each signing after the first reuses the signers loaded before."""
+        return _store_of(settings.resolved_keys_dir().absolute())
 
     def initialised(self) -> bool:
         return any(self._private_path(role).exists() for role in ROLES)
@@ -245,31 +249,18 @@ class KeyStore:
             ) from None
 
     def _write(self, path: Path, data: bytes, *, replace: bool) -> None:
-        # mkstemp creates the file with mode 0600 in the target directory (same file system).
-        fd, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            if replace:
-                os.replace(temporary, path)
-            else:
-                # A hard link fails when the name exists: two racing `init`s cannot both win.
-                try:
-                    os.link(temporary, path)
-                except FileExistsError:
-                    raise KeysAlreadyInitialised(
-                        f"{path} already exists; refusing to overwrite it"
-                    ) from None
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            write_private_file(path, data, replace=replace)
+        except FileExistsError:
+            # Two racing `init`s cannot both win.
+            raise KeysAlreadyInitialised(
+                f"{path} already exists; refusing to overwrite it"
+            ) from None
+
+
+@functools.lru_cache(maxsize=16)
+def _store_of(directory: Path) -> KeyStore:
+    return KeyStore(directory)
 
 
 def _check_passphrase(passphrase: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -173,7 +174,7 @@ class ArtifactReceiver:
                 received=self._plain_length,
             )
         if self._plain_length == 0:
-            raise EmptyArtifact("the file is empty", field="filename")
+            raise EmptyArtifact("the file is empty")
         plain_sha256 = self._plain_hash.hexdigest()
         if self._declared is not None and plain_sha256 != self._declared:
             raise HashMismatch(
@@ -258,6 +259,27 @@ def attach(
                "sha256": received.plaintext_sha256, "encrypted": received.encrypted},
     )  # fmt: skip
     return artifact
+
+
+def attach_or_discard(
+    factory: sessionmaker[Session],
+    storage: ArtifactStorage,
+    actor: Actor,
+    update_id: int,
+    filename: str,
+    received: ReceivedFile,
+    *,
+    settings: Settings,
+) -> UpdateArtifact:
+    """`attach` in a transaction of its own. If it fails, refused or not committed, the staged
+    object is deleted: no row refers to it."""
+    try:
+        with unit_of_work(factory) as session:
+            return attach(session, actor, update_id, filename, received, settings=settings)
+    except BaseException:
+        with suppress(Exception):  # the error to report is the one above; a leftover is swept
+            storage.delete(received.storage_key)
+        raise
 
 
 def remove(session: Session, actor: Actor, update_id: int, filename: str) -> str:

@@ -163,12 +163,15 @@ def upload(
                 receiver.feed(chunk)
                 progress.advance(task, len(chunk))
             received = receiver.finish()
-        try:
-            with unit_of_work(make_write_session_factory(engine)) as session:
-                artifacts.attach(session, actor, update_id, filename, received, settings=settings)
-        except BaseException:
-            storage.delete(received.storage_key)
-            raise
+        artifacts.attach_or_discard(
+            make_write_session_factory(engine),
+            storage,
+            actor,
+            update_id,
+            filename,
+            received,
+            settings=settings,
+        )
     stored = " (stored encrypted)" if received.encrypted else ""
     console.print(
         f"uploaded {filename} to update {update_id}: {received.plaintext_length} bytes, "

@@ -134,8 +134,6 @@ def _streamed(
             status = 206
             headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
     headers["content-length"] = str(end - start)
-    if request.method == "HEAD" or start == end:
-        return Response(status_code=status, headers=headers, media_type=OCTET_STREAM)
     # Opened before the answer starts, so a missing object is a 404 rather than a cut-off 200.
     stream = storage.read(artifact.storage_key, start, end)
 

@@ -10,12 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
-from otacm.config import Settings
 from otacm.db import unit_of_work, utcnow
 from otacm.deps import (
     SessionDep,
+    SettingsDep,
     WriteSessionDep,
-    get_settings,
     get_storage,
 )
 from otacm.fleet.records import FuelType, Protocol
@@ -57,7 +56,7 @@ def create_update(
     data: UpdateCreate,
     request: Request,
     session: WriteSessionDep,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Permission.UPDATES_WRITE))],
 ) -> UpdateOut:
     """Define a new software update as a draft; fill in the rest and upload files after."""
@@ -127,7 +126,7 @@ def edit_update(
     changes: UpdateFields,
     request: Request,
     session: WriteSessionDep,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Permission.UPDATES_WRITE))],
 ) -> UpdateOut:
     """Change the fields sent; only drafts can change."""
@@ -181,7 +180,7 @@ async def _receive_into(request: Request, receiver: artifacts.ArtifactReceiver) 
 async def upload_artifact(
     update_id: int,
     request: Request,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     storage: Annotated[ArtifactStorage, Depends(get_storage)],
     principal: Annotated[Principal, Depends(require(Permission.UPDATES_WRITE))],
     filename: Annotated[str, Query(max_length=1000)],
@@ -220,18 +219,17 @@ async def upload_artifact(
         raise
     await run_in_threadpool(receiver.__exit__, None, None, None)
 
-    def record() -> ArtifactOut:
-        try:
-            with unit_of_work(write_factory) as session:
-                artifact = artifacts.attach(
-                    session, principal.actor, update_id, filename, received, settings=settings
-                )
-                return service.artifact_out(artifact, _base_url(request))
-        except BaseException:
-            storage.delete(received.storage_key)
-            raise
-
-    return await run_in_threadpool(record)
+    artifact = await run_in_threadpool(
+        artifacts.attach_or_discard,
+        write_factory,
+        storage,
+        principal.actor,
+        update_id,
+        filename,
+        received,
+        settings=settings,
+    )
+    return service.artifact_out(artifact, _base_url(request))
 
 
 @router.delete("/updates/{update_id}/artifacts/{filename}", status_code=204)
@@ -253,7 +251,7 @@ def delete_artifact(
 def release_update(
     update_id: int,
     request: Request,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     storage: Annotated[ArtifactStorage, Depends(get_storage)],
     principal: Annotated[Principal, Depends(require(Permission.UPDATES_RELEASE))],
 ) -> UpdateOut:

@@ -16,7 +16,7 @@ from otacm.db import is_postgresql
 from otacm.errors import ValidationFailed
 from otacm.updates.models import SoftwareUpdate, UpdateArtifact
 from otacm.updates.schemas import SupportStatus
-from otacm.updates.versions import sortable_version
+from otacm.updates.versions import reading_key
 
 
 @dataclass
@@ -58,10 +58,10 @@ def _filtered(session: Session, f: CatalogFilter, today: date) -> Select[Softwar
     query = select(SoftwareUpdate)
     conditions: list[ColumnElement[bool]] = []
     if f.version:
-        # The same version however it is written: 4.01 matches 4.1. The sort key ends with the
-        # version's own text (a tie-breaker after the first space), which is left out here.
+        # The same version however it is written: 4.01 matches 4.1. The sort key is the reading
+        # key, a space, then the version's own text (a tie-breaker), which is left out here.
         try:
-            key = sortable_version(f.version).split(" ", 1)[0] + " "
+            key = reading_key(f.version) + " "
         except ValueError as exc:  # a number too long to order
             raise ValidationFailed(f"version: {exc}", field="version") from None
         conditions.append(SoftwareUpdate.version_sort.startswith(key, autoescape=True))

@@ -1,12 +1,14 @@
 """The update catalog's lifecycle: drafts are created and edited, released once, withdrawn.
 
-Services only flush; the caller's unit of work commits. `release` moves files in storage as
-well, so it takes the session factory and owns its transaction: the moves are undone if the
-transaction does not commit.
+Services only flush; the caller's unit of work commits. `release` publishes files in storage
+as well, so it takes the session factory and owns its transaction: files are published by copy
+before it commits, and the staged copies are deleted only after it did. Nothing is ever moved
+back: a published object stays valid for whoever points at it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from contextlib import suppress
 from datetime import date, datetime
@@ -57,36 +59,43 @@ class UpdateNotFound(NotFound):
     code = "update_not_found"
 
 
+# Column values of the fields a new draft was not given, and of fields an edit sends as null;
+# every other field is null then.
+_DEFAULTS: dict[str, Any] = {
+    "compatible_models": [],
+    "fuel_types": [],
+    "hardware_part_numbers": [],
+    "hardware_versions": [],
+    "applicable_versions": [],
+    "dependencies": [],
+    "release_notes": "",
+    "preconditions": Preconditions().model_dump(mode="json"),
+    "regulatory": Regulatory().model_dump(mode="json"),
+    "install_order": 0,
+}
+# What every update has: an edit cannot remove it.
+_REQUIRED = ("name", "version", "ecu_type", "software_part_number", "protocol", "category")
+
+
+def _defaults() -> dict[str, Any]:
+    return copy.deepcopy(_DEFAULTS)  # fresh lists and dicts for each row
+
+
 def _columns(fields: UpdateFields) -> dict[str, Any]:
-    """Model column values for the fields that were sent."""
-    sent = fields.model_dump(exclude_unset=True, mode="json")
-    values: dict[str, Any] = {}
-    for name, value in sent.items():
-        if name == "support":
-            support = SupportDetails.model_validate(value or {})
-            values["support_contact"] = support.contact
-            values["documentation_url"] = support.documentation_url
-            values["end_of_support"] = support.end_of_support
-        elif name == "preconditions":
-            values[name] = Preconditions.model_validate(value or {}).model_dump(mode="json")
-        elif name == "regulatory":
-            values[name] = Regulatory.model_validate(value or {}).model_dump(mode="json")
-        elif name == "dependencies":
-            values[name] = value or []
-        elif name in ("install_order",):
-            values[name] = value or 0
-        elif name == "release_notes":
-            values[name] = value or ""
-        elif name in (
-            "compatible_models",
-            "fuel_types",
-            "hardware_part_numbers",
-            "hardware_versions",
-            "applicable_versions",
-        ):
-            values[name] = value or []
-        else:
-            values[name] = value
+    """Model column values for the fields that were sent (validated by the request model). A
+    group sent (`support`, `preconditions`, `regulatory`) replaces the stored one as a whole:
+    what it leaves out takes its default."""
+    sent = fields.model_dump(mode="json", include=fields.model_fields_set)
+    defaults = _defaults()
+    values: dict[str, Any] = {
+        name: defaults.get(name) if value is None else value for name, value in sent.items()
+    }
+    if "support" in values:
+        del values["support"]
+        support = fields.support or SupportDetails()
+        values["support_contact"] = support.contact
+        values["documentation_url"] = support.documentation_url
+        values["end_of_support"] = support.end_of_support  # a date, not its JSON text
     if values.get("version") is not None:  # None: refused by edit_draft
         values["version_sort"] = sortable_version(values["version"])
     return values
@@ -135,6 +144,7 @@ def _set_confidential(
     update.confidential = confidential
     update.wrapped_data_key = None
     if confidential:
+        # Wrapping a new key may create the server key (the first confidential update).
         server_key = encryption.load_or_create_server_key(settings.resolved_keys_dir())
         update.wrapped_data_key = encryption.wrap_data_key(
             encryption.new_data_key(), server_key, context=_key_context(update)
@@ -147,10 +157,16 @@ def _key_context(update: SoftwareUpdate) -> bytes:
 
 
 def data_key_of(update: SoftwareUpdate, settings: Settings) -> bytes | None:
-    """The plaintext data key of a confidential update (None when it is not confidential)."""
+    """The plaintext data key of a confidential update (None when it is not confidential).
+
+    Raises:
+        KeysNotInitialised: there is no server key (it is never created here: a new one could
+            not open the key).
+        KeyUnwrapFailed: the wrapped key does not open under the server key.
+    """
     if not update.confidential or update.wrapped_data_key is None:
         return None
-    server_key = encryption.load_or_create_server_key(settings.resolved_keys_dir())
+    server_key = encryption.load_server_key(settings.resolved_keys_dir())
     return encryption.unwrap_data_key(
         update.wrapped_data_key, server_key, context=_key_context(update)
     )
@@ -162,25 +178,13 @@ def create_draft(
     now = utcnow()
     values = _columns(data)
     confidential = bool(values.pop("confidential", False))
-    defaults: dict[str, Any] = {
-        "compatible_models": [],
-        "fuel_types": [],
-        "hardware_part_numbers": [],
-        "hardware_versions": [],
-        "applicable_versions": [],
-        "dependencies": [],
-        "release_notes": "",
-        "preconditions": Preconditions().model_dump(mode="json"),
-        "regulatory": Regulatory().model_dump(mode="json"),
-        "install_order": 0,
-    }
     update = SoftwareUpdate(
         state=UpdateState.DRAFT.value,
         created_at=now,
         created_by=actor.name,
         updated_at=now,
         confidential=False,
-        **{**defaults, **values},
+        **{**_defaults(), **values},
     )
     _check_dependencies(update)
     _check_unique(session, update)
@@ -233,9 +237,7 @@ def edit_draft(
     values = _columns(changes)
     confidential = values.pop("confidential", None)
     for name, value in values.items():
-        if value is None and name in ("name", "version", "ecu_type", "software_part_number"):
-            raise ValidationFailed(f"{name} cannot be removed", field=name)
-        if value is None and name in ("protocol", "category"):
+        if value is None and name in _REQUIRED:
             raise ValidationFailed(f"{name} cannot be removed", field=name)
         setattr(update, name, value)
     rules.check_ranges(update)
@@ -287,27 +289,19 @@ def _next_release_counter(session: Session, update: SoftwareUpdate) -> int:
     return counter
 
 
-def _publish(
-    storage: ArtifactStorage,
-    artifact: UpdateArtifact,
-    moved: list[tuple[str, str]],
-    duplicates: list[str],
-) -> None:
-    """Put a staged file at its published, content-addressed key `artifacts/<sha256>`.
+def _publish(storage: ArtifactStorage, artifact: UpdateArtifact, staged: list[str]) -> None:
+    """Copy a staged file to its published, content-addressed key `artifacts/<sha256>`.
 
-    A file with the same bytes may be published already (by another update, or this one's
-    earlier attempt that moved it and then failed to commit): then nothing moves, and that
-    object, which other releases may rely on, is never moved back.
+    An object already there holds the same bytes (published by another update, or left by a
+    release of this one that failed) and is kept. Nothing published is ever removed again, so
+    a release that fails cannot take a file away from one that shares it; the staged copy is
+    deleted by the caller once the release committed.
     """
     published = f"artifacts/{artifact.sha256}"
     if artifact.storage_key == published:
         return
-    if storage.stat(published) is not None:
-        if storage.stat(artifact.storage_key) is not None:
-            duplicates.append(artifact.storage_key)
-    else:
-        storage.move(artifact.storage_key, published)
-        moved.append((artifact.storage_key, published))
+    storage.copy(artifact.storage_key, published)
+    staged.append(artifact.storage_key)
     artifact.storage_key = published
 
 
@@ -322,52 +316,42 @@ def release(
 ) -> SoftwareUpdate:
     """Validate a draft as complete, freeze it, and sign its files into the image repository.
 
-    No byte of a file is read again: hashes were taken on upload, and the files move from
-    staging to their published place by rename (local disk) or server-side copy (S3).
+    No byte of a file is read again: hashes were taken on upload, and the files are published
+    by a hard link (local disk) or a server-side copy (S3).
     """
-    # Files this release moved into place (undone if it fails), and staged copies of files
-    # already published by hash (removed once it committed).
-    moved: list[tuple[str, str]] = []
-    duplicates: list[str] = []
-    try:
-        with unit_of_work(factory) as session:
-            update = get_update(session, update_id, lock=True)
-            require_draft(update)
-            artifacts = repository.artifacts_of(session, [update.id])[update.id]
-            missing = rules.missing_for_release(update, len(artifacts))
-            if missing:
-                raise UpdateIncomplete(
-                    f"update {update.id} cannot be released yet; missing: {', '.join(missing)}",
-                    update_id=update.id,
-                    missing=missing,
-                )
-            now = clock()
-            _serialise_releases(session)
-            update.release_counter = _next_release_counter(session, update)
-            for artifact in artifacts:
-                _publish(storage, artifact, moved, duplicates)
-                artifact.target_path = rules.target_path(update.id, artifact.filename)
-            session.flush()
-            signing.sign_release(session, settings, update, artifacts, now)
-            update.state = UpdateState.RELEASED.value
-            update.released_at = now
-            update.released_by = actor.name
-            update.updated_at = now
-            audit.record(
-                session, actor, "update.release", object_type="update", object_id=update.id,
-                after={**_snapshot(update), "release_counter": update.release_counter,
-                       "artifacts": {a.filename: a.sha256 for a in artifacts}},
-            )  # fmt: skip
-            session.flush()
-    except BaseException:
-        for source, published in reversed(moved):
-            # Best effort: the error that stopped the release is the one to report.
-            with suppress(Exception):
-                storage.move(published, source)
-        raise
-    for staged in duplicates:
+    staged: list[str] = []  # deleted once the release committed
+    with unit_of_work(factory) as session:
+        update = get_update(session, update_id, lock=True)
+        require_draft(update)
+        artifacts = repository.artifacts_of(session, [update.id])[update.id]
+        missing = rules.missing_for_release(update, len(artifacts))
+        if missing:
+            raise UpdateIncomplete(
+                f"update {update.id} cannot be released yet; missing: {', '.join(missing)}",
+                update_id=update.id,
+                missing=missing,
+            )
+        now = clock()
+        _serialise_releases(session)
+        update.release_counter = _next_release_counter(session, update)
+        for artifact in artifacts:
+            _publish(storage, artifact, staged)
+            artifact.target_path = rules.target_path(update.id, artifact.filename)
+        session.flush()
+        signing.sign_release(session, settings, update, artifacts, now)
+        update.state = UpdateState.RELEASED.value
+        update.released_at = now
+        update.released_by = actor.name
+        update.updated_at = now
+        audit.record(
+            session, actor, "update.release", object_type="update", object_id=update.id,
+            after={**_snapshot(update), "release_counter": update.release_counter,
+                   "artifacts": {a.filename: a.sha256 for a in artifacts}},
+        )  # fmt: skip
+        session.flush()
+    for key in staged:
         with suppress(Exception):  # a leftover is swept with the staging area
-            storage.delete(staged)
+            storage.delete(key)
     return update
 
 

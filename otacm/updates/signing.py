@@ -62,5 +62,4 @@ def sign_release(
         )
         for a in artifacts
     ]
-    keys = KeyStore(settings.resolved_keys_dir())
-    ImageRepository(settings).add_targets(session, keys, targets, now)
+    ImageRepository(settings).add_targets(session, KeyStore.from_settings(settings), targets, now)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, func, select, update
 from otacm.config import Settings
 from otacm.db import make_session_factory, unit_of_work, utcnow
 from otacm.security import service
+from otacm.security.auth import LAST_USED_GRANULARITY
 from otacm.security.models import ApiToken, ConsoleSession, LoginFailure, User
 from tests.conftest import TEST_PASSWORD
 from tests.security.helpers import (
@@ -159,6 +160,35 @@ def test_an_expired_token_is_refused(
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
     assert whoami(client, secret) == 401
+
+
+def test_a_tokens_last_use_is_recorded_at_most_every_granularity(
+    client: TestClient, make_operator: Callable[..., str], engine: Engine
+) -> None:
+    secret = make_operator("viewer", "vic")
+    assert token_row(engine, secret).last_used_at is None
+    before = utcnow()
+    assert whoami(client, secret) == 200
+    first = token_row(engine, secret).last_used_at
+    assert first is not None and before <= first <= utcnow()
+    # Within LAST_USED_GRANULARITY a use writes nothing.
+    assert whoami(client, secret) == 200
+    assert token_row(engine, secret).last_used_at == first
+    # Once the recorded use is older than that, the next use is recorded.
+    stale = utcnow() - LAST_USED_GRANULARITY - timedelta(seconds=1)
+    with engine.begin() as conn:
+        conn.execute(
+            update(ApiToken)
+            .where(ApiToken.token_hash == service.digest(secret))
+            .values(last_used_at=stale)
+        )
+    before = utcnow()
+    assert whoami(client, secret) == 200
+    recorded = token_row(engine, secret).last_used_at
+    assert recorded is not None and before <= recorded <= utcnow()
+    # The API shows it.
+    [listed] = client.get("/api/v1/tokens", params={"user": "vic"}).json()
+    assert listed["last_used_at"] is not None
 
 
 def test_a_zero_lifetime_is_not_a_token_that_never_expires(client: TestClient) -> None:

@@ -35,6 +35,7 @@ from otacm.security.encryption import (
     encrypt_stream,
     encrypted_size,
     load_or_create_server_key,
+    load_server_key,
     new_data_key,
     rewrap_data_key,
     unwrap_data_key,
@@ -42,6 +43,7 @@ from otacm.security.encryption import (
     wrap_data_key,
     wrap_for_vehicle,
 )
+from otacm.security.keys import KeysNotInitialised
 
 DOC = Path(__file__).parents[2] / "docs" / "security.md"
 CHUNK = MIN_CHUNK_SIZE  # small chunks: many of them in a few kilobytes
@@ -409,12 +411,42 @@ def test_server_key_that_is_a_directory_is_refused(tmp_path: Path) -> None:
         load_or_create_server_key(tmp_path)
 
 
-def test_creating_the_server_key_never_replaces_one_created_meanwhile(tmp_path: Path) -> None:
-    # Two processes starting at once: the second creation must keep the first key.
+def test_creating_the_server_key_never_replaces_one_created_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two processes starting at once: the second found no key, but the first created one
+    # before the second wrote its own. The second must end up with the first key.
     first = load_or_create_server_key(tmp_path)
-    encryption._create_key_file(tmp_path / SERVER_KEY_FILE, new_data_key())
+
+    def not_there_yet(keys_dir: Path) -> bytes:
+        raise KeysNotInitialised("no server key yet")
+
+    monkeypatch.setattr(encryption, "load_server_key", not_there_yet)
     assert load_or_create_server_key(tmp_path) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == [SERVER_KEY_FILE]
+
+
+def test_loading_the_server_key_never_creates_one(tmp_path: Path) -> None:
+    """Unwrapping needs the key that wrapped: a new one would open nothing."""
+    keys_dir = tmp_path / "keys"
+    with pytest.raises(KeysNotInitialised, match="otacm keys init") as caught:
+        load_server_key(keys_dir)
+    assert (caught.value.status_code, caught.value.code) == (409, "keys_not_initialised")
+    assert not keys_dir.exists()
+    keys_dir.mkdir()
+    with pytest.raises(KeysNotInitialised):
+        load_server_key(keys_dir)
+    assert list(keys_dir.iterdir()) == []
+    key = load_or_create_server_key(keys_dir)  # what wrapping does
+    assert load_server_key(keys_dir) == key
+
+
+def test_loading_the_server_key_checks_it_as_creating_does(tmp_path: Path) -> None:
+    path = tmp_path / SERVER_KEY_FILE
+    path.write_bytes(b"x" * 32)
+    path.chmod(0o644)
+    with pytest.raises(KeyFileInvalid, match="chmod 600"):
+        load_server_key(tmp_path)
 
 
 # Wrapping for a vehicle

@@ -170,6 +170,13 @@ SENSITIVE = {
     ("POST", "/api/v1/vehicles/{vin}/status"): Permission.VEHICLE_WRITE,
     ("GET", "/api/v1/fleet/export"): Permission.FLEET_EXPORT,
     ("GET", "/api/v1/audit"): Permission.AUDIT_READ,
+    # What reaches vehicles (release, withdrawal) and what goes into it (drafts, files).
+    ("POST", "/api/v1/updates/{update_id}/release"): Permission.UPDATES_RELEASE,
+    ("POST", "/api/v1/updates/{update_id}/withdraw"): Permission.UPDATES_RELEASE,
+    ("POST", "/api/v1/updates"): Permission.UPDATES_WRITE,
+    ("PATCH", "/api/v1/updates/{update_id}"): Permission.UPDATES_WRITE,
+    ("POST", "/api/v1/updates/{update_id}/artifacts"): Permission.UPDATES_WRITE,
+    ("DELETE", "/api/v1/updates/{update_id}/artifacts/{filename}"): Permission.UPDATES_WRITE,
 }
 
 

@@ -246,6 +246,60 @@ def test_edit_clears_optional_fields_but_not_the_identity(
     assert catalog_state(engine) == before
 
 
+def test_groups_are_replaced_whole_and_null_restores_defaults(client: TestClient) -> None:
+    draft = create(
+        client,
+        preconditions={"parked": False, "min_battery_percent": 60, "charging": True},
+        install_order=7,
+        dependencies=[{"ecu_type": "GATEWAY", "min_version": "3.2.0"}],
+    )
+    url = f"/api/v1/updates/{draft['id']}"
+    # What a group leaves out takes its default, not its stored value.
+    response = client.patch(
+        url,
+        json={
+            "preconditions": {"min_battery_percent": 30},
+            "regulatory": {"purpose": "Fix the light", "safety_confirmed": True},
+            "support": {"end_of_support": "2031-06-30"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    edited = response.json()
+    assert edited["preconditions"] == {
+        "parked": True,
+        "min_battery_percent": 30,
+        "charging": False,
+        "ignition_off": True,
+    }
+    assert edited["regulatory"] == {
+        "purpose": "Fix the light",
+        "affected_systems": [],
+        "type_approval_affected": False,
+        "rxswin_before": None,
+        "rxswin_after": None,
+        "execution_conditions": None,
+        "safety_confirmed": True,
+        "verification_reference": None,
+    }
+    assert edited["support"] == {
+        "contact": None,
+        "documentation_url": None,
+        "end_of_support": "2031-06-30",
+    }
+    assert edited["support_status"] == "supported"
+    # Null gives back what a new draft has.
+    groups = ["preconditions", "regulatory", "support", "dependencies", "install_order"]
+    cleared = client.patch(url, json={**dict.fromkeys(groups), "release_notes": None}).json()
+    identity = ("name", "ecu_type", "software_part_number", "protocol", "category")
+    fresh = client.post(
+        "/api/v1/updates", json={**{k: draft[k] for k in identity}, "version": "9.9.9"}
+    ).json()
+    assert {k: cleared[k] for k in [*groups, "release_notes"]} == {
+        k: fresh[k] for k in [*groups, "release_notes"]
+    }
+    assert cleared["release_notes"] == "" and cleared["install_order"] == 0
+
+
 def test_edit_is_checked_against_what_is_stored(client: TestClient, engine: Engine) -> None:
     draft = create(client)  # model years 2022-2026, applicable 4.0.0-4.1.9
     other = create(client, version="4.3.0")

@@ -20,9 +20,11 @@ from otacm.config import Settings
 from otacm.db import make_session_factory, make_write_session_factory, unit_of_work
 from otacm.maintenance import run_once
 from otacm.security import encryption
+from otacm.security import keys as keys_module
 from otacm.security.keys import KeyStore
 from otacm.security.tuf.repository import ImageRepository
 from otacm.updates import service
+from otacm.updates import signing as signing_module
 from otacm.updates.storage import storage_from_settings
 from tests.builders import update_document
 from tests.updates.helpers import ARTIFACTS, UPDATES, create, error, rows, upload
@@ -96,15 +98,17 @@ def test_release_without_signing_keys_changes_nothing(
 ) -> None:
     draft = create(client)
     assert upload(client, draft["id"], FIRMWARE).status_code == 201
-    before_rows, before_files = rows(engine, ARTIFACTS), staged_files(settings)
+    before_rows, [staged] = rows(engine, ARTIFACTS), staged_files(settings)
     response = client.post(f"/api/v1/updates/{draft['id']}/release")
-    assert response.status_code in (409, 503), response.text
-    assert "otacm keys init" in response.json()["detail"]
+    body = error(response, 409, "tuf_repository_not_initialised")
+    assert "otacm keys init" in body["detail"]
     assert rows(engine, UPDATES)[0]["state"] == "draft"
     assert rows(engine, UPDATES)[0]["release_counter"] is None
-    # The file went back to staging when the release failed.
+    # The draft's file is still staged; the copy published before signing failed stays, for
+    # the next release of the same bytes.
     assert rows(engine, ARTIFACTS) == before_rows
-    assert staged_files(settings) == before_files
+    assert staged.startswith("staging/")
+    assert staged_files(settings) == [f"artifacts/{hashlib.sha256(FIRMWARE).hexdigest()}", staged]
 
 
 def test_a_released_update_cannot_be_released_again_and_can_be_withdrawn(
@@ -417,6 +421,82 @@ def test_a_failed_release_never_takes_another_updates_published_file(
     assert again.status_code == 200, again.text
     assert staged_files(settings) == [f"artifacts/{hashlib.sha256(FIRMWARE).hexdigest()}"]
     assert client.get(again.json()["artifacts"][0]["download_url"]).content == FIRMWARE
+
+
+def test_a_failed_release_never_takes_a_file_from_a_release_that_came_after_it(
+    client: TestClient,
+    engine: Engine,
+    settings: Settings,
+    signing: KeyStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two drafts with the same bytes. The release of the first fails after publishing them;
+    the moment its transaction ends (and the release lock with it), the second is released,
+    finds the published object and points at it. Nothing the first does after its failure may
+    take that object away."""
+    from contextlib import contextmanager
+
+    from otacm.security.audit import Actor
+
+    first, second = create(client, version="4.3.0"), create(client, version="4.4.0")
+    for draft in (first, second):
+        assert upload(client, draft["id"], FIRMWARE).status_code == 201
+    factory = make_write_session_factory(engine)
+    storage = storage_from_settings(settings)
+    actor = Actor("engineer")
+    sign_release, unit_of_work_of_service = signing_module.sign_release, service.unit_of_work
+
+    def fails_for_the_first(session: Any, settings: Settings, update: Any, *rest: Any) -> None:
+        if update.id == first["id"]:
+            raise RuntimeError("signing failed")
+        sign_release(session, settings, update, *rest)
+
+    second_released: list[int] = []
+
+    @contextmanager
+    def then_release_the_second(factory: Any) -> Iterator[Any]:
+        try:
+            with unit_of_work_of_service(factory) as session:
+                yield session
+        except RuntimeError:
+            # The first release's transaction is over: rolled back, its locks released.
+            if not second_released:
+                second_released.append(second["id"])
+                service.release(factory, actor, second["id"], settings=settings, storage=storage)
+            raise
+
+    monkeypatch.setattr(signing_module, "sign_release", fails_for_the_first)
+    monkeypatch.setattr(service, "unit_of_work", then_release_the_second)
+    with pytest.raises(RuntimeError, match="signing failed"):
+        service.release(factory, actor, first["id"], settings=settings, storage=storage)
+    monkeypatch.undo()
+    assert second_released == [second["id"]]
+    shared = client.get(f"/api/v1/updates/{second['id']}").json()
+    assert shared["state"] == "released"
+    assert client.get(shared["artifacts"][0]["download_url"]).content == FIRMWARE
+    # The first is still a draft with its staged file, and releases fine now.
+    [staged] = [r for r in rows(engine, ARTIFACTS) if r["update_id"] == first["id"]]
+    assert staged["storage_key"] in staged_files(settings)
+    again = client.post(f"/api/v1/updates/{first['id']}/release")
+    assert again.status_code == 200, again.text
+    assert staged_files(settings) == [f"artifacts/{hashlib.sha256(FIRMWARE).hexdigest()}"]
+    assert client.get(shared["artifacts"][0]["download_url"]).content == FIRMWARE
+
+
+def test_releases_sign_with_keys_loaded_once_per_process(
+    client: TestClient, signing: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded: list[str] = []
+    load_signer = keys_module._load_signer
+
+    def counting(pem: bytes, passphrase: str | None, role: str) -> Any:
+        loaded.append(role)
+        return load_signer(pem, passphrase, role)
+
+    monkeypatch.setattr(keys_module, "_load_signer", counting)
+    released(client, version="4.2.0")
+    released(client, b"another image", version="4.3.0")
+    assert sorted(loaded) == ["snapshot", "targets", "timestamp"]
 
 
 def test_a_failing_commit_is_an_error_not_a_success(

@@ -204,7 +204,7 @@ def test_multi_part_object(storage: ArtifactStorage) -> None:
     assert_nothing_left_but(storage, ["artifacts/big"])
 
 
-# --- stat, list, delete, move ------------------------------------------------------------------
+# --- stat, list, delete, copy ------------------------------------------------------------------
 
 
 def test_stat(storage: ArtifactStorage) -> None:
@@ -258,33 +258,60 @@ def test_list_by_prefix_with_sizes(storage: ArtifactStorage) -> None:
     assert all(info.modified_at.tzinfo is not None for info in storage.list())
 
 
-def test_move(storage: ArtifactStorage) -> None:
+def test_copy(storage: ArtifactStorage) -> None:
     data = payload(2048)
     store(storage, "staging/upload", data)
-    store(storage, "artifacts/sha", b"replaced")
-    storage.move("staging/upload", "artifacts/sha")
-    assert storage.stat("staging/upload") is None
+    storage.copy("staging/upload", "artifacts/sha")
+    assert read_all(storage, "staging/upload") == data  # the source stays
+    assert read_all(storage, "artifacts/sha") == data
+    # Deleting one key leaves the other.
+    storage.delete("staging/upload")
     assert read_all(storage, "artifacts/sha") == data
 
-    storage.move("artifacts/sha", "deeper/new/place")  # parent "directories" are created
+    storage.copy("artifacts/sha", "deeper/new/place")  # parent "directories" are created
     assert read_all(storage, "deeper/new/place") == data
-    storage.move("deeper/new/place", "deeper/new/place")  # onto itself: nothing happens
+    storage.copy("deeper/new/place", "deeper/new/place")  # onto itself: nothing happens
     assert read_all(storage, "deeper/new/place") == data
 
     with pytest.raises(ArtifactMissing):
-        storage.move("staging/upload", "artifacts/other")
+        storage.copy("staging/upload", "artifacts/other")
     assert storage.stat("artifacts/other") is None
+    with pytest.raises(ArtifactMissing):
+        storage.copy("deeper", "artifacts/other")  # a "directory" is not an object
+    assert storage.stat("artifacts/other") is None
+    assert_nothing_left_but(storage, ["artifacts/sha", "deeper/new/place"])
 
 
-def test_move_of_a_large_object_copies_in_parts(s3_storage: S3Storage) -> None:
+def test_copy_keeps_an_object_already_at_the_destination(storage: ArtifactStorage) -> None:
+    """Destinations are content-addressed: what is there is the same file, and other rows may
+    point at it. It is never replaced, and the source is then not even needed."""
+    store(storage, "artifacts/sha", b"published first")
+    store(storage, "staging/upload", b"published second")
+    storage.copy("staging/upload", "artifacts/sha")
+    assert read_all(storage, "artifacts/sha") == b"published first"
+    assert read_all(storage, "staging/upload") == b"published second"
+    storage.copy("staging/gone", "artifacts/sha")  # no ArtifactMissing: nothing to copy
+    assert read_all(storage, "artifacts/sha") == b"published first"
+
+
+def test_a_local_copy_is_a_hard_link(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "artifacts")
+    store(storage, "staging/upload", payload(4096))
+    storage.copy("staging/upload", "artifacts/sha")
+    staged, published = storage.local_path("staging/upload"), storage.local_path("artifacts/sha")
+    assert staged.stat().st_ino == published.stat().st_ino  # no byte was copied
+    assert published.stat().st_nlink == 2
+
+
+def test_copy_of_a_large_object_copies_in_parts(s3_storage: S3Storage) -> None:
     data = payload(MULTIPART_SIZE)  # above the lowered copy_threshold
     store(s3_storage, "staging/big", data)
-    s3_storage.move("staging/big", "artifacts/big")
-    assert s3_storage.stat("staging/big") is None
+    s3_storage.copy("staging/big", "artifacts/big")
+    assert read_all(s3_storage, "staging/big") == data
     assert read_all(s3_storage, "artifacts/big") == data
     head = s3_storage.client.head_object(Bucket=s3_storage.bucket, Key="otacm/artifacts/big")
     assert head["ETag"].strip('"').endswith("-3")  # copied as three parts, not downloaded
-    assert_nothing_left_but(s3_storage, ["artifacts/big"])
+    assert_nothing_left_but(s3_storage, ["artifacts/big", "staging/big"])
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -314,8 +341,8 @@ def test_invalid_keys_are_rejected_everywhere(storage: ArtifactStorage, key: str
         lambda: storage.read(key),
         lambda: storage.stat(key),
         lambda: storage.delete(key),
-        lambda: storage.move(key, "fine"),
-        lambda: storage.move("fine", key),
+        lambda: storage.copy(key, "fine"),
+        lambda: storage.copy("fine", key),
         lambda: storage.local_path(key),
         lambda: storage.presigned_url(key, expires=timedelta(minutes=1)),
     ]

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +29,8 @@ from otacm.security import encryption
 from otacm.security.audit import Actor
 from otacm.updates import artifacts, service
 from otacm.updates.schemas import UpdateFields
-from otacm.updates.storage import LocalStorage
+from otacm.updates.storage import LocalStorage, StorageError
+from otacm.updates.storage.local import LocalWriter
 from tests.updates.helpers import (
     ARTIFACTS,
     AUDIT,
@@ -233,6 +235,74 @@ def test_the_receiver_discards_a_file_left_unfinished(settings: Settings) -> Non
     assert stored_files(settings) == []
 
 
+class FailingWriter(LocalWriter):
+    """Fails on its `fail_on`-th write, as a disk that fills up or a bucket that goes away."""
+
+    def __init__(self, key: str, path: Path, fail_on: int) -> None:
+        super().__init__(key, path)
+        self.fail_on, self.writes = fail_on, 0
+
+    def _write(self, data: Any) -> None:
+        self.writes += 1
+        if self.writes == self.fail_on:
+            raise StorageError(f"cannot write artifact {self.key!r}: no space left on device")
+        super()._write(data)
+
+
+class FailingStorage(LocalStorage):
+    def __init__(self, root: Path, fail_on: int) -> None:
+        super().__init__(root)
+        self.fail_on = fail_on
+
+    def writer(self, key: str) -> LocalWriter:
+        return FailingWriter(key, self._path(key), self.fail_on)
+
+
+def test_a_storage_write_that_fails_keeps_nothing(
+    client: TestClient, engine: Engine, settings: Settings
+) -> None:
+    client.app.state.storage = FailingStorage(settings.resolved_storage_path(), fail_on=1)
+    draft = create(client)
+    error(upload(client, draft["id"], payload(100_000)), 503, "storage_unavailable")
+    nothing_stored(engine, settings)
+
+
+@pytest.mark.parametrize("fail_on", [1, 2, 3])
+def test_the_writer_threads_error_reaches_the_receiver(settings: Settings, fail_on: int) -> None:
+    """Whichever write fails (the last one included), the file is not finished with bytes
+    missing: the error comes out of a later `feed` or out of `finish`, and nothing is kept."""
+    store = FailingStorage(settings.resolved_storage_path(), fail_on)
+    with (
+        pytest.raises(StorageError, match="no space left"),
+        artifacts.ArtifactReceiver(store, max_bytes=10**6, data_key=None) as receiver,
+    ):
+        for piece in range(3):
+            receiver.feed(payload(1000, piece))
+        receiver.finish()
+    assert stored_files(settings) == []
+
+
+def test_an_empty_file_is_refused(client: TestClient, engine: Engine, settings: Settings) -> None:
+    draft = create(client)
+    error(upload(client, draft["id"], b""), 422, "empty_artifact")
+    error(upload(client, draft["id"], chunks(b"")), 422, "empty_artifact")
+    nothing_stored(engine, settings)
+
+
+def test_an_upload_never_makes_a_new_server_key(
+    client: TestClient, engine: Engine, settings: Settings
+) -> None:
+    """A confidential update's data key is wrapped under the server key: a key file made now
+    could open nothing. A missing one is named, and none appears."""
+    draft = create(client, confidential=True)
+    key_file = settings.resolved_keys_dir() / encryption.SERVER_KEY_FILE
+    key_file.unlink()
+    body = error(upload(client, draft["id"], payload(1000)), 409, "keys_not_initialised")
+    assert "otacm keys init" in body["detail"]
+    assert not key_file.exists()
+    nothing_stored(engine, settings)
+
+
 @pytest.fixture
 def live_server(client: TestClient, settings: Settings, engine: Engine) -> Iterator[int]:
     """The app on a real socket (uvicorn in a thread): its port."""
@@ -407,6 +477,30 @@ def test_a_draft_released_while_its_file_arrives_keeps_nothing(
     monkeypatch.setattr(artifacts.ArtifactReceiver, "finish", finish_then_release)
     error(upload(client, draft["id"], payload(200_000)), 409, "update_immutable")
     nothing_stored(engine, settings)
+
+
+def test_a_refused_file_is_answered_for_even_when_its_removal_fails(
+    client: TestClient, engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer names why the file was refused, not that the staged copy could not be
+    removed; that copy, referred to by no row, is left to the staging sweep."""
+    draft = create(client)
+    finish = artifacts.ArtifactReceiver.finish
+
+    def finish_then_release(receiver: artifacts.ArtifactReceiver) -> artifacts.ReceivedFile:
+        received = finish(receiver)
+        mark_released(engine, draft["id"])
+        return received
+
+    def unreachable(key: str) -> None:
+        raise StorageError(f"cannot delete artifact {key!r}: the storage went away")
+
+    monkeypatch.setattr(artifacts.ArtifactReceiver, "finish", finish_then_release)
+    monkeypatch.setattr(client.app.state.storage, "delete", unreachable)
+    error(upload(client, draft["id"], payload(1000)), 409, "update_immutable")
+    assert rows(engine, ARTIFACTS) == []
+    [leftover] = stored_files(settings)
+    assert leftover.startswith("staging/")
 
 
 # Deleting files

@@ -16,9 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from otacm.cli import DatabaseOption, cli_actor, cli_session, settings_with
+from otacm.cli import DatabaseOption, cli_actor, cli_engine, cli_session, settings_with
 from otacm.config import Settings
-from otacm.errors import OtacmError
 from otacm.security import audit
 from otacm.security.keys import ROOT, KeyStore, WrongPassphrase
 from otacm.security.tuf.repository import (
@@ -55,11 +54,6 @@ def _settings(database_url: str | None, keys_dir: Path | None) -> Settings:
     return settings
 
 
-def _fail(exc: OtacmError) -> typer.Exit:
-    console.print(f"[red]{exc.detail}")
-    return typer.Exit(1)
-
-
 @keys_app.command("init")
 def init(
     root_passphrase: RootPassphraseOption = None,
@@ -87,10 +81,10 @@ def init(
         root_passphrase = str(
             typer.prompt("root key passphrase", hide_input=True, confirmation_prompt=True)
         )
-    try:
-        keyids = initialise_keys_and_repository(settings, root_passphrase, cli_actor())
-    except OtacmError as exc:
-        raise _fail(exc) from None
+    with cli_engine(database_url) as engine:
+        keyids = initialise_keys_and_repository(
+            settings, root_passphrase, cli_actor(), engine=engine
+        )
     for role, keyid in keyids.items():
         console.print(f"{role:<10} {keyid}")
     console.print(f"keys in {settings.resolved_keys_dir()}; image repository at version 1")
@@ -122,14 +116,11 @@ def rotate(
     """Give ROLE a new key, announced in a new root signed by the current root key."""
     settings = _settings(database_url, keys_dir)
     keys = KeyStore.from_settings(settings)
-    try:
-        passphrase = _root_passphrase(keys, root_passphrase)
-    except OtacmError as exc:
-        raise _fail(exc) from None
     rotation: KeyRotation | None = None
     refused = ""
     actor = cli_actor()
     with cli_session(database_url) as session:
+        passphrase = _root_passphrase(keys, root_passphrase)  # before the transaction begins
         write_lock(session)
         try:
             rotation = ImageRepository(settings).rotate_key(session, keys, role, passphrase)

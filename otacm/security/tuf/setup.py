@@ -6,11 +6,12 @@ without importing the command-line layer.
 
 from __future__ import annotations
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from otacm.config import Settings
 from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade
-from otacm.security import audit
+from otacm.security import audit, encryption
 from otacm.security.audit import SYSTEM, Actor
 from otacm.security.keys import KeysAlreadyInitialised, KeyStore
 from otacm.security.tuf.repository import IMAGE, ImageRepository, RepositoryExists
@@ -22,26 +23,34 @@ def write_lock(session: Session) -> None:
 
 
 def initialise_keys_and_repository(
-    settings: Settings, root_passphrase: str | None, actor: Actor = SYSTEM
+    settings: Settings,
+    root_passphrase: str | None,
+    actor: Actor = SYSTEM,
+    *,
+    engine: Engine | None = None,
 ) -> dict[str, str]:
-    """Create every role's key and sign version 1 of the image repository; returns the key
-    ids by role. `root_passphrase=None` stores the root key unencrypted: for a demo, a
-    development set-up or a benchmark only. The embedded (SQLite) database is migrated first.
+    """Create every role's key and the server key, and sign version 1 of the image repository;
+    returns the key ids by role. `root_passphrase=None` stores the root key unencrypted: for a
+    demo, a development set-up or a benchmark only. Without an `engine`, one is made from
+    `settings` (the embedded SQLite database migrated first) and disposed of at the end.
 
-    If the database part fails, the keys just created are removed again, so that the command
-    can simply be repeated.
+    If the database part fails, the signing keys just created are removed again, so that the
+    command can simply be repeated (a server key stays: it is used again).
 
     Raises:
         KeysAlreadyInitialised: the keys directory already has keys.
         RepositoryExists: the database already has an image repository.
         PassphraseRequired: the passphrase is too short.
+        KeyFileInvalid: a server key file is there but is not a usable key.
     """
     keys = KeyStore.from_settings(settings)
     repository = ImageRepository(settings)
-    engine = engine_from_settings(settings)
+    own_engine = engine is None
+    if engine is None:
+        engine = engine_from_settings(settings)
     created = False
     try:
-        if engine.dialect.name == "sqlite":
+        if own_engine and engine.dialect.name == "sqlite":
             upgrade(engine)
         with unit_of_work(make_session_factory(engine)) as session:
             write_lock(session)
@@ -56,6 +65,9 @@ def initialise_keys_and_repository(
                 )
             public = keys.init(root_passphrase, allow_unencrypted_root=root_passphrase is None)
             created = True
+            # The key of confidential updates and webhook secrets: made here, or (keys set up
+            # before it was) when something is first wrapped; never when unwrapping.
+            encryption.load_or_create_server_key(keys.directory)
             repository.bootstrap(session, keys, root_passphrase=root_passphrase)
             keyids = {role: key.keyid for role, key in public.items()}
             audit.record(
@@ -72,4 +84,5 @@ def initialise_keys_and_repository(
             keys.discard()
         raise
     finally:
-        engine.dispose()
+        if own_engine:
+            engine.dispose()

@@ -232,9 +232,11 @@ class ArtifactStorage(ABC):
         """Objects whose key starts with `prefix` (a plain string prefix), in key order."""
 
     @abstractmethod
-    def move(self, src: str, dst: str) -> None:
-        """Put the object `src` under `dst` (replacing any object there) and remove `src`,
-        without reading the bytes back where the backend allows. Raises `ArtifactMissing`."""
+    def copy(self, src: str, dst: str) -> None:
+        """Give the bytes of `src` a second key `dst`, without reading them back where the
+        backend allows; `src` stays. For content-addressed keys (`artifacts/<sha256>`): an
+        object already under `dst` holds the same bytes and is kept, and then `src` is not
+        even looked at. Raises `ArtifactMissing` when `src` is needed and absent."""
 
     @abstractmethod
     def local_path(self, key: str) -> Path | None:

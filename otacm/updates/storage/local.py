@@ -3,7 +3,8 @@
 Each key is a file under the root. A writer fills a hidden temporary file in the target's own
 directory and commits with fsync + `os.replace`, so the final name only ever holds a complete
 file, even across a crash. Temporary names start with `.`, which no valid key segment does, so
-they never collide with keys and `list()` skips them.
+they never collide with keys and `list()` skips them. A copy is a hard link: the same file
+under a second name, made in no time whatever its size.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from otacm.files import fsync_dir
 from otacm.updates.storage._direct import DirectWriter
 from otacm.updates.storage.base import (
     DEFAULT_CHUNK_SIZE,
@@ -35,15 +37,6 @@ from otacm.updates.storage.base import (
 TEMP_PREFIX = ".otacm-"
 # Errors meaning "no file under this key": absent, or a directory or a file in the way.
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
-
-
-def _fsync_dir(path: Path) -> None:
-    # A rename is only durable once the directory entry itself reaches the disk.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _info(key: str, st: os.stat_result) -> ObjectInfo:
@@ -78,7 +71,7 @@ class LocalWriter(StorageWriter):
             self._file.finish()
             self._file.close()
             os.replace(self._temp, self._path)
-            _fsync_dir(self._path.parent)
+            fsync_dir(self._path.parent)
         except OSError as exc:
             raise StorageError(f"cannot commit artifact {self.key!r}: {exc}") from exc
 
@@ -176,20 +169,25 @@ class LocalStorage(ArtifactStorage):
                 except FileNotFoundError:
                     continue  # deleted while listing
 
-    def move(self, src: str, dst: str) -> None:
+    def copy(self, src: str, dst: str) -> None:
         source, target = self._path(src), self._path(dst)
         try:
+            if target.is_file():
+                return
             if not source.is_file():
                 raise ArtifactMissing(f"artifact {src!r} does not exist")
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
-            _fsync_dir(target.parent)
-            if source.parent != target.parent:
-                _fsync_dir(source.parent)
+            try:
+                os.link(source, target)
+            except FileExistsError:
+                # A link never replaces what is there: a copy made meanwhile is kept.
+                if not target.is_file():
+                    raise
+            fsync_dir(target.parent)
         except FileNotFoundError as exc:
             raise ArtifactMissing(f"artifact {src!r} does not exist") from exc
         except OSError as exc:
-            raise StorageError(f"cannot move artifact {src!r} to {dst!r}: {exc}") from exc
+            raise StorageError(f"cannot copy artifact {src!r} to {dst!r}: {exc}") from exc
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)

@@ -2,7 +2,8 @@
 
 Writers buffer one part in memory: objects smaller than a part go up with a single PUT, larger
 ones as a multipart upload that is completed on commit and aborted otherwise, so a half-written
-artifact never becomes visible and no parts are left to bill for. Moves copy on the server side.
+artifact never becomes visible and no parts are left to bill for. Copies are made on the server
+side.
 Keys are stored under the configured prefix (`<prefix>/<key>`).
 """
 
@@ -173,7 +174,7 @@ class S3Storage(ArtifactStorage):
     """Objects in `bucket` under `prefix`.
 
     `part_size` is the multipart part size in bytes (also the most a writer buffers);
-    objects above `copy_threshold` bytes are moved by a multipart copy in `copy_part_size`
+    objects above `copy_threshold` bytes are copied by a multipart copy in `copy_part_size`
     pieces instead of one CopyObject. Tests lower all three.
     """
 
@@ -300,13 +301,15 @@ class S3Storage(ArtifactStorage):
             raise self.failure(exc, f"sweep unfinished uploads under {prefix!r}") from exc
         return removed
 
-    def move(self, src: str, dst: str) -> None:
+    def copy(self, src: str, dst: str) -> None:
         source, target = self.object_name(src), self.object_name(dst)
+        if self.stat(dst) is not None:
+            return
         info = self.stat(src)
         if info is None:
             raise ArtifactMissing(f"artifact {src!r} does not exist")
-        if source == target:
-            return
+        # A copy made meanwhile by someone else is overwritten with the same bytes: keys given
+        # here are content-addressed.
         try:
             if info.size <= self.copy_threshold:
                 self.client.copy_object(
@@ -317,13 +320,12 @@ class S3Storage(ArtifactStorage):
                 )
             else:
                 self._multipart_copy(source, target, info.size)
-            self.client.delete_object(Bucket=self.bucket, Key=source)
         except ClientError as exc:
             if _code(exc) in _MISSING_CODES:
                 raise ArtifactMissing(f"artifact {src!r} does not exist") from exc
-            raise self.failure(exc, f"move artifact {src!r} to {dst!r}") from exc
+            raise self.failure(exc, f"copy artifact {src!r} to {dst!r}") from exc
         except BotoCoreError as exc:
-            raise self.failure(exc, f"move artifact {src!r} to {dst!r}") from exc
+            raise self.failure(exc, f"copy artifact {src!r} to {dst!r}") from exc
 
     def _multipart_copy(self, source: str, target: str, size: int) -> None:
         upload_id = self.client.create_multipart_upload(

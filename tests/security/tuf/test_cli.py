@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from otacm.cli import app
 from otacm.config import Settings
+from otacm.security import encryption
 from otacm.security.keys import KeyStore
 from otacm.security.tuf.repository import ImageRepository
 from tests.security.helpers import audit_rows, table
@@ -114,6 +116,26 @@ def test_init_refuses_a_database_that_has_a_repository(settings: Settings, tmp_p
     assert code == 1
     assert "already has an image repository" in output
     assert not KeyStore(keys_dir(other)).initialised()
+
+
+def test_init_sets_up_the_server_key_and_keeps_one_already_there(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The key that confidential updates and webhook secrets are wrapped under: `keys init`
+    makes it, so that nothing that only unwraps ever has to (it never does)."""
+    assert otacm_keys(settings, "init", "--no-root-passphrase")[0] == 0
+    key = encryption.load_server_key(keys_dir(settings))
+    assert stat.S_IMODE((keys_dir(settings) / encryption.SERVER_KEY_FILE).stat().st_mode) == 0o600
+
+    # A keys directory whose server key came first (confidential updates made before `keys
+    # init` existed) keeps it: data keys are wrapped under it.
+    other = settings.model_copy(
+        update={"data_dir": tmp_path / "elsewhere", "database_url": f"sqlite:///{tmp_path}/o.db"}
+    )
+    existing = encryption.load_or_create_server_key(keys_dir(other))
+    assert existing != key
+    assert otacm_keys(other, "init", "--no-root-passphrase")[0] == 0
+    assert encryption.load_server_key(keys_dir(other)) == existing
 
 
 def test_rotate_with_a_wrong_passphrase_is_refused_and_audited(
