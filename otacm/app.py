@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
-from otacm import __version__
+from otacm import __version__, periodic
 from otacm.alerts.endpoints import router as alerts_router
 from otacm.campaigns.endpoints import router as campaigns_router
 from otacm.config import Settings, get_settings
@@ -57,47 +57,46 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
+def _periodic_jobs(app: FastAPI) -> list[periodic.Job]:
+    """The periodic jobs of `otacm serve`; a zero interval turns one off (tests drive them by
+    hand)."""
+    from otacm import maintenance
+    from otacm.campaigns import engine
+    from otacm.notifications import delivery
+
+    settings: Settings = app.state.settings
+    factory = app.state.write_session_factory
+    engine_every = settings.engine_interval
+    deliver_every = settings.notification_interval
+    return [
+        periodic.Job(
+            "maintenance",
+            settings.maintenance_interval,
+            lambda: maintenance.run_periodically(factory, settings, app.state.storage),
+        ),
+        periodic.Job(
+            "rollout engine",
+            engine_every,
+            lambda: engine.run_periodically(factory, engine_every.total_seconds(), settings),
+        ),
+        periodic.Job(
+            "notification delivery",
+            deliver_every,
+            lambda: delivery.run_periodically(factory, settings, deliver_every.total_seconds()),
+        ),
+    ]
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    jobs = []
-    if settings.maintenance_interval.total_seconds() > 0:
-        from otacm.maintenance import run_periodically
-
-        jobs.append(
-            asyncio.create_task(
-                run_periodically(app.state.write_session_factory, settings, app.state.storage)
-            )
-        )
-    if settings.engine_interval.total_seconds() > 0:
-        from otacm.campaigns import engine
-
-        jobs.append(
-            asyncio.create_task(
-                engine.run_periodically(
-                    app.state.write_session_factory, settings.engine_interval.total_seconds()
-                )
-            )
-        )
-    if settings.notification_interval.total_seconds() > 0:
-        from otacm.notifications import delivery
-
-        jobs.append(
-            asyncio.create_task(
-                delivery.run_periodically(
-                    app.state.write_session_factory,
-                    settings,
-                    settings.notification_interval.total_seconds(),
-                )
-            )
-        )
+    tasks = periodic.start(_periodic_jobs(app))
     try:
         yield
     finally:
-        for job in jobs:
-            job.cancel()
+        for task in tasks:
+            task.cancel()
             with suppress(asyncio.CancelledError):
-                await job
+                await task
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:

@@ -6,8 +6,10 @@ The defaults make an embedded installation that needs nothing else: an SQLite fi
 
 from __future__ import annotations
 
+import email.policy
 import json
 from datetime import timedelta
+from email.headerregistry import AddressHeader
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -115,6 +117,17 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("alert_email_from")
+    @classmethod
+    def _check_sender(cls, value: str) -> str:
+        value = value.strip()
+        return _email_address(value, "OTACM_ALERT_EMAIL_FROM") if value else value
+
+    @field_validator("alert_email_to")
+    @classmethod
+    def _check_recipients(cls, value: list[str]) -> list[str]:
+        return [_email_address(address, "OTACM_ALERT_EMAIL_TO") for address in value]
+
     def resolved_storage_path(self) -> Path:
         return self.storage_path or self.data_dir / "artifacts"
 
@@ -125,6 +138,28 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'otacm.db').as_posix()}"
+
+
+def _email_address(value: str, setting: str) -> str:
+    """`value` if it is one email address as a header can carry it (`ops@example.com` or
+    `Ops <ops@example.com>`), parsed as the alert email will parse it.
+
+    Raises:
+        ValueError: naming `setting` and the value.
+    """
+    problem = f"{setting}: {value[:200]!r} is not an email address such as ops@example.com"
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(problem)
+    try:
+        header = email.policy.default.header_factory("To", value)
+    except Exception:  # the parser fails on some malformed input: "otacm <"
+        raise ValueError(problem) from None
+    addresses = header.addresses if isinstance(header, AddressHeader) else ()
+    if header.defects or len(addresses) != 1:
+        raise ValueError(problem)
+    if not (addresses[0].username and addresses[0].domain):
+        raise ValueError(problem)
+    return value
 
 
 @lru_cache

@@ -7,16 +7,15 @@ stop the others or the next round.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 
 from otacm.config import Settings
 from otacm.db import unit_of_work
+from otacm.periodic import every
 from otacm.security.keys import KeyStore
 from otacm.security.tuf.repository import ImageRepository
 from otacm.updates.artifacts import cleanup_staging
@@ -64,7 +63,6 @@ def run_once(
 async def run_periodically(
     factory: sessionmaker[Session], settings: Settings, storage: ArtifactStorage
 ) -> None:
+    """`run_once` every `OTACM_MAINTENANCE_INTERVAL`, inside `otacm serve`."""
     interval = settings.maintenance_interval.total_seconds()
-    while True:
-        await run_in_threadpool(run_once, factory, settings, storage)
-        await asyncio.sleep(interval)
+    await every(interval, run_once, factory, settings, storage, name="maintenance")

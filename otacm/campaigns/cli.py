@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,8 +19,8 @@ from otacm.campaigns import launch as launching
 from otacm.campaigns import report as reporting
 from otacm.campaigns.models import Campaign
 from otacm.campaigns.schemas import CampaignCreate
-from otacm.cli import DatabaseOption, cli_actor, cli_engine, settings_with
-from otacm.db import make_session_factory, make_write_session_factory, unit_of_work
+from otacm.cli import DatabaseOption, cli_actor, cli_engine, cli_session, settings_with
+from otacm.db import make_session_factory
 from otacm.errors import OtacmError
 
 campaigns_app = typer.Typer(
@@ -32,18 +31,8 @@ out = Console()
 CommentOption = Annotated[str, typer.Option(help="Kept in the audit log.")]
 
 
-@contextmanager
-def _session(database_url: str | None) -> Iterator[Session]:
-    """One command's unit of work, taking SQLite's write lock at BEGIN."""
-    with (
-        cli_engine(database_url) as engine,
-        unit_of_work(make_write_session_factory(engine)) as session,
-    ):
-        yield session
-
-
 def _in_session(database_url: str | None, work: Callable[[Session], Campaign]) -> Campaign:
-    with _session(database_url) as session:
+    with cli_session(database_url, write=True) as session:
         campaign = work(session)
     console.print(f"campaign {campaign.id} ({campaign.name}) is {campaign.state}")
     return campaign
@@ -70,7 +59,7 @@ def create(
 def list_campaigns(database_url: DatabaseOption = None) -> None:
     """Campaigns, newest first."""
     table = Table("id", "name", "state", "category", "priority", "launched")
-    with _session(database_url) as session:
+    with cli_session(database_url) as session:
         for c in session.scalars(select(Campaign).order_by(Campaign.id.desc()).limit(200)):
             launched = c.launched_at.isoformat(timespec="minutes") if c.launched_at else ""
             table.add_row(str(c.id), c.name, c.state, c.category, str(c.priority), launched)
@@ -80,7 +69,7 @@ def list_campaigns(database_url: DatabaseOption = None) -> None:
 @campaigns_app.command("show")
 def show(campaign_id: int, database_url: DatabaseOption = None) -> None:
     """One campaign as JSON."""
-    with _session(database_url) as session:
+    with cli_session(database_url) as session:
         campaign = service.get(session, campaign_id)
         body = service.out(campaign, service.update_ids_of(session, [campaign_id])[campaign_id])
     out.print_json(body.model_dump_json())

@@ -31,7 +31,7 @@ from otacm.campaigns.schemas import (
 from otacm.campaigns.states import DeploymentState
 from otacm.config import Settings
 from otacm.db import utcnow
-from otacm.deps import SessionDep, WriteSessionDep, get_engine, get_settings
+from otacm.deps import SessionDep, SettingsDep, WriteSessionDep, get_engine
 from otacm.fleet.models import Vehicle
 from otacm.fleet.records import Region
 from otacm.fleet.repository import decode_cursor, encode_cursor
@@ -161,7 +161,7 @@ def approve_campaign(
     campaign_id: int,
     body: Decision,
     session: WriteSessionDep,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_APPROVE))],
 ) -> CampaignOut:
     """Approve a submitted campaign (not one's own, under the four-eyes rule)."""
@@ -173,7 +173,7 @@ def reject_campaign(
     campaign_id: int,
     body: Rejection,
     session: WriteSessionDep,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_APPROVE))],
 ) -> CampaignOut:
     """Send a submitted campaign back, saying why."""
@@ -185,7 +185,7 @@ def launch_campaign(
     campaign_id: int,
     body: LaunchRequest,
     session: WriteSessionDep,
-    settings: Annotated[Settings, Depends(get_settings)],
+    settings: SettingsDep,
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
 ) -> CampaignOut:
     """Create a deployment for every eligible vehicle, in its wave, and start the campaign (or

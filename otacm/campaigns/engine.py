@@ -17,14 +17,12 @@ idle vehicles.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import ColumnElement, Select, and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,6 +49,7 @@ from otacm.campaigns.states import (
 )
 from otacm.config import Settings
 from otacm.db import is_postgresql, unit_of_work, utcnow
+from otacm.periodic import every
 from otacm.security import audit
 
 log = logging.getLogger("otacm.engine")
@@ -442,9 +441,4 @@ async def run_periodically(
 ) -> None:
     """The engine inside `otacm serve` (and `otacm worker`): a tick every `interval` seconds;
     a failing tick is logged and the next one runs."""
-    while True:
-        try:
-            await run_in_threadpool(partial(tick, factory, settings=settings))
-        except Exception:
-            log.exception("the rollout engine's tick failed")
-        await asyncio.sleep(interval)
+    await every(interval, partial(tick, factory, settings=settings), name="rollout engine tick")

@@ -5,6 +5,7 @@ and alert email.
 schedule, URL rules); it does no database work. `models.py` holds the endpoints, their wrapped
 secrets (`_sealing.py`) and the outbox; `outbox.py` queues messages in the caller's transaction
 (alerts do, in `alerts.service.raise_alert`); `delivery.py` sends them in rounds, by HTTP or by
-email (`mail.py`); `service.py`, `endpoints.py` and `cli.py` are the operators' side.
+email (`mail.py`); `service.py`, `endpoints.py` and `cli.py` are the operators' side;
+`repository.py` holds the queries both sides share.
 `docs/webhooks.md` is the receivers' contract and the operators' guide.
 """

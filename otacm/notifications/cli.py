@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import Annotated
 
@@ -16,12 +14,11 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.orm import Session
 
-from otacm.cli import DatabaseOption, cli_actor, cli_engine, settings_with
-from otacm.db import make_write_session_factory, unit_of_work
+from otacm.cli import DatabaseOption, cli_actor, cli_engine, cli_session, settings_with
+from otacm.db import make_write_session_factory
 from otacm.notifications import delivery, service
-from otacm.notifications.outbox import MESSAGE_TYPES, Status
+from otacm.notifications.outbox import MESSAGE_TYPES, Channel, Status
 from otacm.notifications.schemas import DEFAULT_ROTATION_GRACE, MAX_ROTATION_GRACE, WebhookCreate
 
 webhooks_app = typer.Typer(
@@ -30,16 +27,6 @@ webhooks_app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-
-
-@contextmanager
-def _session(database_url: str | None) -> Iterator[Session]:
-    """One command's unit of work, taking SQLite's write lock at BEGIN."""
-    with (
-        cli_engine(database_url) as engine,
-        unit_of_work(make_write_session_factory(engine)) as session,
-    ):
-        yield session
 
 
 @webhooks_app.command("add")
@@ -64,7 +51,7 @@ def add(
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from None
     settings = settings_with(database_url)
-    with _session(database_url) as session:
+    with cli_session(database_url, write=True) as session:
         endpoint, secret = service.create(session, cli_actor(), data, settings=settings)
     console.print(f"webhook {endpoint.id} added; its secret (shown only now) follows")
     typer.echo(secret)
@@ -74,7 +61,7 @@ def add(
 def list_webhooks(database_url: DatabaseOption = None) -> None:
     """Webhook endpoints with their pending and given-up messages (never their secrets)."""
     table = Table("id", "url", "active", "message types", "description", "pending", "failed")
-    with _session(database_url) as session:
+    with cli_session(database_url) as session:
         counts = service.delivery_counts(session)
         for endpoint in service.list_all(session):
             mine = counts.get(endpoint.id, {})
@@ -93,7 +80,7 @@ def list_webhooks(database_url: DatabaseOption = None) -> None:
 @webhooks_app.command("remove")
 def remove(webhook_id: int, database_url: DatabaseOption = None) -> None:
     """Remove an endpoint with its secrets and deliveries (pending ones are not sent)."""
-    with _session(database_url) as session:
+    with cli_session(database_url, write=True) as session:
         service.delete(session, cli_actor(), webhook_id)
     console.print(f"webhook {webhook_id} removed")
 
@@ -113,7 +100,7 @@ def rotate(
 ) -> None:
     """Give an endpoint a new secret; prints it, once."""
     settings = settings_with(database_url)
-    with _session(database_url) as session:
+    with cli_session(database_url, write=True) as session:
         _, secret, expires = service.rotate_secret(
             session,
             cli_actor(),
@@ -134,7 +121,7 @@ def deliveries(
 ) -> None:
     """An endpoint's latest messages and how their delivery went."""
     table = Table("message", "type", "status", "attempts", "last answer", "next attempt")
-    with _session(database_url) as session:
+    with cli_session(database_url) as session:
         page = service.deliveries(session, webhook_id, limit=limit)
     for item in page.items:
         answer = " ".join(str(p) for p in (item.last_status_code, item.last_error) if p)
@@ -147,13 +134,22 @@ def deliveries(
 
 @webhooks_app.command("deliver")
 def deliver(database_url: DatabaseOption = None) -> None:
-    """Run one delivery round now: every due webhook and email message is attempted."""
+    """Run one delivery round now: every due webhook and email message is attempted (those
+    this process can send: webhooks need the server key, email its settings)."""
     settings = settings_with(database_url)
+    serves = delivery.channels(settings)
+    skipped = []
+    if Channel.WEBHOOK not in serves:
+        skipped.append(f"webhooks (no server key in {settings.resolved_keys_dir()})")
+    if Channel.EMAIL not in serves:
+        skipped.append("email (not configured here)")
+    if skipped:
+        console.print(f"[yellow]left pending for another process: {'; '.join(skipped)}")
     with cli_engine(database_url) as engine:
         report = delivery.deliver_round(make_write_session_factory(engine), settings)
     for line in report.errors:
         console.print(f"[yellow]{line}")
     console.print(
         f"{report.delivered} delivered, {report.retrying} to retry, {report.failed} given up"
-        + (f", {report.lost} taken over by another worker" if report.lost else "")
+        + (f", {report.lost} not recorded (taken over or endpoint changed)" if report.lost else "")
     )

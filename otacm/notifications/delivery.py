@@ -13,30 +13,36 @@ Several `otacm serve` and `otacm worker` processes may run rounds against one da
 leased row is skipped by the others, so each message is attempted by one of them at a time. A
 worker that dies mid-attempt leaves a lease that runs out after `LEASE`; then the message is
 attempted again, with the same id (`Otacm-Delivery`), which receivers use to drop repeats.
+
+A worker claims only the channels it can serve (`channels`): email where alert email is
+configured, webhooks where the server key that opens their secrets is; the others' messages
+wait for a worker that can. Whatever goes wrong with one message, an exception included, is
+recorded on its row as a failed attempt, so that one bad message cannot stop a round.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import httpx
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from otacm.config import Settings
 from otacm.db import is_postgresql, unit_of_work, utcnow
 from otacm.errors import OtacmError
-from otacm.notifications import _sealing, mail, webhooks
-from otacm.notifications.models import OutboxMessage, WebhookEndpoint, WebhookSecret
+from otacm.notifications import _sealing, mail, outbox, webhooks
+from otacm.notifications.models import OutboxMessage, WebhookEndpoint
 from otacm.notifications.outbox import Channel, Status
+from otacm.notifications.repository import active_secrets
 from otacm.notifications.webhooks import DeliveryResult, Outcome, WebhookMessage
+from otacm.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +58,11 @@ Clock = Callable[[], datetime]
 class _Claim:
     id: int
     token: str
+    message_id: str
     channel: Channel
-    message: WebhookMessage
     attempts: int  # made before this one
     first_attempt_at: datetime | None
+    message: WebhookMessage | None = None  # None only with a problem
     url: str | None = None
     secrets: tuple[bytes, ...] = ()
     problem: str | None = None  # why the attempt cannot be made (it counts as a failed one)
@@ -66,7 +73,8 @@ class RoundReport:
     delivered: int = 0
     retrying: int = 0  # failed this time, another attempt is scheduled
     failed: int = 0  # given up
-    lost: int = 0  # the lease ran out and another worker took the message over
+    lost: int = 0  # not recorded: the lease ran out and another worker took the message over,
+    # or its endpoint was deactivated or removed during the attempt
     errors: list[str] = field(default_factory=list)  # one line per failed attempt
 
     @property
@@ -82,25 +90,22 @@ def deliver_round(
     clock: Clock = utcnow,
     limit: int = ROUND_LIMIT,
 ) -> RoundReport:
-    """Attempt every message that is due, at most `limit`; `factory` should make write
-    sessions (BEGIN IMMEDIATE on SQLite)."""
+    """Attempt every due message of the channels this worker serves (`channels`), at most
+    `limit`; `factory` should make write sessions (BEGIN IMMEDIATE on SQLite)."""
     report = RoundReport()
+    serves = channels(settings)
     own_client = client is None
     http = client or httpx.Client()
     try:
         for _ in range(limit):
-            claim = _claim_next(factory, settings, clock())
+            claim = _claim_next(factory, settings, clock(), serves)
             if claim is None:
                 break
-            if claim.problem is not None:
-                result = DeliveryResult(Outcome.RETRY, None, timedelta(0), error=claim.problem)
-            elif claim.channel is Channel.EMAIL:
-                result = mail.send(claim.message, settings)
-            else:
-                assert claim.url is not None
-                result = webhooks.deliver(
-                    claim.url, claim.message, claim.secrets, client=http, now=clock()
-                )
+            try:
+                result = _attempt(claim, settings, http, clock)
+            except Exception as error:  # a bug or a surprise: it must not stop the round
+                log.exception("outbox message %s: the attempt failed", claim.message_id)
+                result = _as_retry(error, claim, settings)
             _record(factory, claim, result, clock(), report)
     finally:
         if own_client:
@@ -108,11 +113,44 @@ def deliver_round(
     return report
 
 
-def _due(now: datetime) -> Select[Any]:
+def channels(settings: Settings) -> frozenset[Channel]:
+    """The channels a worker with `settings` can send on."""
+    serves = set()
+    if outbox.email_configured(settings):
+        serves.add(Channel.EMAIL)
+    if _sealing.has_server_key(settings):
+        serves.add(Channel.WEBHOOK)
+    return frozenset(serves)
+
+
+def _attempt(claim: _Claim, settings: Settings, http: httpx.Client, clock: Clock) -> DeliveryResult:
+    if claim.problem is not None:
+        return DeliveryResult(Outcome.RETRY, None, timedelta(0), error=claim.problem)
+    assert claim.message is not None
+    if claim.channel is Channel.EMAIL:
+        return mail.send(claim.message, settings)
+    assert claim.url is not None
+    return webhooks.deliver(claim.url, claim.message, claim.secrets, client=http, now=clock())
+
+
+def _as_retry(error: Exception, claim: _Claim, settings: Settings) -> DeliveryResult:
+    """A retry, with what went wrong in words that hold no secret and no URL path."""
+    text = f"{type(error).__name__}: {error}"
+    secrets = [s.decode("ascii", "replace") for s in claim.secrets]
+    for secret in (*secrets, settings.smtp_password.get_secret_value()):
+        if secret:
+            text = text.replace(secret, "***")
+    if claim.url:
+        text = text.replace(claim.url, webhooks.origin(claim.url))
+    return DeliveryResult(Outcome.RETRY, None, timedelta(0), error=f"failed: {text}"[:ERROR_CHARS])
+
+
+def _due(now: datetime, serves: Collection[Channel]) -> Select[Any]:
     return (
         select(OutboxMessage)
         .where(
             OutboxMessage.status == Status.PENDING.value,
+            OutboxMessage.channel.in_(sorted(channel.value for channel in serves)),
             OutboxMessage.next_attempt_at <= now,
             or_(OutboxMessage.locked_until.is_(None), OutboxMessage.locked_until <= now),
         )
@@ -121,43 +159,54 @@ def _due(now: datetime) -> Select[Any]:
     )
 
 
-def _claim_next(factory: sessionmaker[Session], settings: Settings, now: datetime) -> _Claim | None:
-    """Lease the next due message; messages of deactivated endpoints are given up on the way."""
-    while True:
-        with unit_of_work(factory) as session:
-            query = _due(now)
-            if is_postgresql(session.get_bind().dialect):
-                query = query.with_for_update(skip_locked=True)
-            row: OutboxMessage | None = session.scalar(query)
-            if row is None:
-                return None
-            endpoint = None
-            if row.channel == Channel.WEBHOOK.value and row.endpoint_id is not None:
-                endpoint = session.get(WebhookEndpoint, row.endpoint_id)
-            if row.channel == Channel.WEBHOOK.value and (endpoint is None or not endpoint.active):
-                row.status = Status.FAILED.value
-                row.next_attempt_at = None
-                row.last_error = "not sent: the webhook endpoint was deactivated"
-                continue
-            token = str(uuid.uuid4())
-            row.claim_token = token
-            row.locked_until = now + LEASE
-            message = WebhookMessage(
-                id=uuid.UUID(row.message_id),
-                type=row.message_type,
-                created_at=row.created_at,
-                data=row.data,
-            )
-            claim = _Claim(
-                row.id, token, Channel(row.channel), message, row.attempts, row.first_attempt_at
-            )
-            if endpoint is None:
-                return claim
-            try:
-                secrets = _signing_secrets(session, settings, endpoint.id, now)
-            except OtacmError as error:  # no server key here, or another one
-                return replace(claim, url=endpoint.url, problem=f"cannot sign: {error.detail}")
-            return replace(claim, url=endpoint.url, secrets=secrets)
+def _claim_next(
+    factory: sessionmaker[Session],
+    settings: Settings,
+    now: datetime,
+    serves: Collection[Channel],
+) -> _Claim | None:
+    """Lease the next due message of a channel in `serves`, with what its attempt needs."""
+    if not serves:
+        return None
+    with unit_of_work(factory) as session:
+        query = _due(now, serves)
+        if is_postgresql(session.get_bind().dialect):
+            query = query.with_for_update(skip_locked=True)
+        row: OutboxMessage | None = session.scalar(query)
+        if row is None:
+            return None
+        token = str(uuid.uuid4())
+        row.claim_token = token
+        row.locked_until = now + LEASE
+        claim = _Claim(
+            row.id, token, row.message_id, Channel(row.channel), row.attempts, row.first_attempt_at
+        )
+        try:
+            return _prepared(session, settings, claim, row, now)
+        except Exception as error:  # a row that cannot be sent is retried, and ends given up
+            log.exception("outbox message %s: cannot prepare its attempt", row.message_id)
+            return replace(claim, problem=f"cannot prepare: {type(error).__name__}: {error}")
+
+
+def _prepared(
+    session: Session, settings: Settings, claim: _Claim, row: OutboxMessage, now: datetime
+) -> _Claim:
+    message = WebhookMessage(
+        id=uuid.UUID(row.message_id),
+        type=row.message_type,
+        created_at=row.created_at,
+        data=row.data,
+    )
+    if claim.channel is Channel.EMAIL:
+        return replace(claim, message=message)
+    # A webhook row has its endpoint: deleting one deletes its rows, deactivating fails them.
+    endpoint = session.get_one(WebhookEndpoint, row.endpoint_id)
+    claim = replace(claim, message=message, url=endpoint.url)
+    try:
+        secrets = _signing_secrets(session, settings, endpoint.id, now)
+    except OtacmError as error:  # another server key, or no secret left
+        return replace(claim, problem=f"cannot sign: {error.detail}")
+    return replace(claim, secrets=secrets)
 
 
 def _signing_secrets(
@@ -168,20 +217,6 @@ def _signing_secrets(
         raise OtacmError(f"webhook {endpoint_id} has no active secret: rotate its secret")
     key = _sealing.server_key(settings)
     return tuple(_sealing.unseal(row.wrapped_secret, key, endpoint_id) for row in rows)
-
-
-def active_secrets(session: Session, endpoint_id: int, now: datetime) -> list[WebhookSecret]:
-    """The secrets that sign an endpoint's messages now, newest first."""
-    return list(
-        session.scalars(
-            select(WebhookSecret)
-            .where(
-                WebhookSecret.endpoint_id == endpoint_id,
-                or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > now),
-            )
-            .order_by(WebhookSecret.id.desc())
-        )
-    )
 
 
 def _record(
@@ -224,17 +259,21 @@ def _record(
         )
     if not done.rowcount:  # type: ignore[attr-defined]
         report.lost += 1
-        log.warning("outbox message %s: lease lost, another worker has it", claim.message.id)
+        log.warning(
+            "outbox message %s: its outcome is not recorded: the lease ran out and another "
+            "worker took the message over, or its endpoint was deactivated or removed",
+            claim.message_id,
+        )
         return
     if status is Status.DELIVERED:
         report.delivered += 1
         return
-    report.errors.append(f"{claim.message.id} ({claim.channel.value}): {error}")
+    report.errors.append(f"{claim.message_id} ({claim.channel.value}): {error}")
     if status is Status.PENDING:
         report.retrying += 1
     else:
         report.failed += 1
-        log.warning("outbox message %s (%s) given up: %s", claim.message.id, claim.channel, error)
+        log.warning("outbox message %s (%s) given up: %s", claim.message_id, claim.channel, error)
 
 
 async def run_periodically(
@@ -242,10 +281,8 @@ async def run_periodically(
 ) -> None:
     """The delivery loop of `otacm serve` and `otacm worker`: a round every `interval`
     seconds; a failing round is logged and the next one runs."""
+    serves = ", ".join(sorted(channels(settings))) or "none (see docs/webhooks.md, Delivery)"
+    log.info("notification delivery: a round every %g s; channels served: %s", interval, serves)
     with httpx.Client() as client:
-        while True:
-            try:
-                await run_in_threadpool(deliver_round, factory, settings, client=client)
-            except Exception:
-                log.exception("the notification delivery round failed")
-            await asyncio.sleep(interval)
+        round_ = partial(deliver_round, factory, settings, client=client)
+        await every(interval, round_, name="notification delivery round")

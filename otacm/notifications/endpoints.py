@@ -9,8 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi import Body as BodyParam
 
-from otacm.config import Settings
-from otacm.deps import SessionDep, WriteSessionDep, get_settings
+from otacm.deps import SessionDep, SettingsDep, WriteSessionDep
 from otacm.notifications import service
 from otacm.notifications.outbox import Status
 from otacm.notifications.schemas import (
@@ -27,7 +26,6 @@ from otacm.security.permissions import Permission
 
 router = APIRouter(prefix="/api/v1", tags=["webhooks"])
 Manager = Annotated[Principal, Depends(require(Permission.WEBHOOKS_MANAGE))]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 @router.post("/webhooks", response_model=WebhookCreated, status_code=201)
@@ -41,7 +39,7 @@ def create_webhook(
 
 @router.get("/webhooks", response_model=list[WebhookOut])
 def list_webhooks(session: SessionDep, _: Manager) -> list[WebhookOut]:
-    return [service.out(session, endpoint) for endpoint in service.list_all(session)]
+    return service.list_out(session)
 
 
 @router.get("/webhooks/{webhook_id}", response_model=WebhookOut)

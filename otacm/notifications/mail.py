@@ -14,10 +14,12 @@ import smtplib
 import ssl
 import time
 from datetime import UTC, timedelta
+from email.errors import MessageError
 from email.message import EmailMessage
 from email.utils import format_datetime
 
 from otacm.config import Settings
+from otacm.notifications.outbox import email_configured
 from otacm.notifications.webhooks import (
     DEFAULT_TIMEOUT,
     EVENT_HEADER,
@@ -70,15 +72,15 @@ def send(
         elapsed = timedelta(seconds=time.monotonic() - started)
         return DeliveryResult(outcome, code, elapsed, error=error[:500] if error else None)
 
-    if not (settings.smtp_host and settings.alert_email_from and settings.alert_email_to):
+    if not email_configured(settings):
         return result(
             Outcome.RETRY,
             None,
             "alert email is not configured here: set OTACM_SMTP_HOST, OTACM_ALERT_EMAIL_FROM "
             "and OTACM_ALERT_EMAIL_TO",
         )
-    email = render(message, settings)
     try:
+        email = render(message, settings)
         with smtplib.SMTP(
             settings.smtp_host, settings.smtp_port, timeout=timeout.total_seconds()
         ) as smtp:
@@ -105,6 +107,11 @@ def send(
         return result(outcome, error.smtp_code, f"SMTP {error.smtp_code}: {text}")
     except (smtplib.SMTPException, OSError) as error:  # refused, reset, DNS, TLS, timeout
         return result(Outcome.RETRY, None, f"{type(error).__name__}: {error}"[:300])
+    except (ValueError, LookupError, MessageError) as error:  # e.g. an address it cannot carry
+        # Settings are checked when they are read; these came in some other way. Retried, so
+        # that correcting the configuration delivers the message.
+        problem = f"{type(error).__name__}: {error}"
+        return result(Outcome.RETRY, None, f"cannot send the email as configured: {problem}"[:300])
     if refused:
         return result(Outcome.DELIVERED, 250, f"some recipients refused: {_refusals(refused)}")
     return result(Outcome.DELIVERED, 250)

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from otacm.config import Settings
+from otacm.db import is_postgresql
 from otacm.notifications.models import OutboxMessage, WebhookEndpoint
 from otacm.notifications.webhooks import canonical_json
 
@@ -40,9 +41,7 @@ ALERT_MESSAGE_TYPES = (
     "alert.campaign_finished",
     "alert.end_time_reached",
 )
-MESSAGE_TYPES = ALERT_MESSAGE_TYPES
-# Message types that go out by email as well, when email is configured.
-EMAIL_MESSAGE_TYPES = frozenset(ALERT_MESSAGE_TYPES)
+MESSAGE_TYPES = ALERT_MESSAGE_TYPES  # every one goes out by email as well, when configured
 
 
 def email_configured(settings: Settings) -> bool:
@@ -77,13 +76,18 @@ def enqueue(
     if message_type not in MESSAGE_TYPES:
         raise ValueError(f"{message_type!r} is not one of the message types otacm sends")
     canonical_json(data)  # refuses NaN, sets, datetimes: what a receiver could not parse
-    endpoints = session.scalars(
+    query = (
         select(WebhookEndpoint).where(WebhookEndpoint.active.is_(True)).order_by(WebhookEndpoint.id)
     )
+    if is_postgresql(session.get_bind().dialect):
+        # An endpoint being deactivated or removed (`service`, FOR UPDATE) is waited for and
+        # then read as it is after: no message is queued for it behind the change's back.
+        query = query.with_for_update(read=True)
+    endpoints = session.scalars(query)
     channels: list[tuple[Channel, int | None]] = [
         (Channel.WEBHOOK, endpoint.id) for endpoint in endpoints if wants(endpoint, message_type)
     ]
-    if email and message_type in EMAIL_MESSAGE_TYPES:
+    if email:
         channels.append((Channel.EMAIL, None))
     rows = [
         OutboxMessage(

@@ -15,7 +15,7 @@ MAX_ROTATION_GRACE = timedelta(days=30)
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(max_length=2048)
+    url: str  # checked by `webhooks.validate_webhook_url` (at most 2048 characters, …)
     description: str = Field(default="", max_length=500)
     # Message types to receive (e.g. "alert.failure_threshold"); empty: every type.
     event_types: list[str] = Field(default_factory=list, max_length=50)
@@ -27,7 +27,7 @@ class WebhookUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(default=None, max_length=2048)
+    url: str | None = None  # checked as WebhookCreate.url
     description: str | None = Field(default=None, max_length=500)
     event_types: list[str] | None = Field(default=None, max_length=50)
     active: bool | None = None

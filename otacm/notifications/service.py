@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from otacm.config import Settings
@@ -22,9 +22,9 @@ from otacm.db import is_postgresql, utcnow
 from otacm.errors import NotFound, ValidationFailed
 from otacm.fleet.repository import decode_cursor, encode_cursor
 from otacm.notifications import _sealing
-from otacm.notifications.delivery import active_secrets
 from otacm.notifications.models import OutboxMessage, WebhookEndpoint, WebhookSecret
 from otacm.notifications.outbox import MESSAGE_TYPES, Status
+from otacm.notifications.repository import active_secrets, active_secrets_of
 from otacm.notifications.schemas import (
     DeliveryOut,
     DeliveryPage,
@@ -33,7 +33,7 @@ from otacm.notifications.schemas import (
     WebhookOut,
     WebhookUpdate,
 )
-from otacm.notifications.webhooks import generate_secret, validate_webhook_url
+from otacm.notifications.webhooks import generate_secret, origin, validate_webhook_url
 from otacm.security import audit
 from otacm.security.audit import Actor
 
@@ -46,13 +46,8 @@ class UnknownEventType(ValidationFailed):
     code = "unknown_event_type"
 
 
-def origin(url: str) -> str:
-    """Scheme, host and port of `url`: what audit entries and logs show of it."""
-    try:
-        parsed = httpx.URL(url)
-        return f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}"
-    except (httpx.InvalidURL, UnicodeError):
-        return "(an invalid URL)"
+# Why the pending messages of a deactivated endpoint were given up (docs/webhooks.md).
+DEACTIVATED = "not sent: the webhook endpoint was deactivated"
 
 
 def _event_types(values: Iterable[str]) -> list[str]:
@@ -143,7 +138,8 @@ def update(
     *,
     now: datetime | None = None,
 ) -> WebhookEndpoint:
-    """Change what `data` gives. Deactivating stops the endpoint's pending messages too.
+    """Change what `data` gives. Deactivating gives up the endpoint's pending messages too
+    (status failed), one being attempted at this moment included: its outcome is not recorded.
 
     Raises:
         WebhookNotFound; InvalidWebhookUrl, UnknownEventType, ValidationFailed: naming the field.
@@ -168,17 +164,42 @@ def update(
     if data.description is not None and data.description != endpoint.description:
         endpoint.description = data.description
         changed.append("description")
+    given_up: int | None = None
     if data.active is not None and data.active != endpoint.active:
         endpoint.active = data.active
         changed.append("active")
+        if not endpoint.active:
+            given_up = _give_up_pending(session, endpoint.id)
     if changed:
         endpoint.updated_at = now or utcnow()
+        after = {**_summary(endpoint), "changed": changed}
+        if given_up is not None:
+            after["pending_messages_given_up"] = given_up
         audit.record(
             session, actor, "webhook.update", object_type="webhook", object_id=endpoint.id,
-            before=before, after={**_summary(endpoint), "changed": changed},
+            before=before, after=after,
         )  # fmt: skip
     session.flush()
     return endpoint
+
+
+def _give_up_pending(session: Session, webhook_id: int) -> int:
+    """Fail the endpoint's pending messages in one statement; how many there were. A lease is
+    cleared too, so that the outcome of an attempt under way cannot put its message back."""
+    result = session.execute(
+        sql_update(OutboxMessage)
+        .where(
+            OutboxMessage.endpoint_id == webhook_id, OutboxMessage.status == Status.PENDING.value
+        )
+        .values(
+            status=Status.FAILED.value,
+            next_attempt_at=None,
+            locked_until=None,
+            claim_token=None,
+            last_error=DEACTIVATED,
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def delete(session: Session, actor: Actor, webhook_id: int) -> None:
@@ -254,7 +275,17 @@ def rotate_secret(
 
 
 def out(session: Session, endpoint: WebhookEndpoint, *, now: datetime | None = None) -> WebhookOut:
-    secrets = active_secrets(session, endpoint.id, now or utcnow())
+    return _out(endpoint, active_secrets(session, endpoint.id, now or utcnow()))
+
+
+def list_out(session: Session, *, now: datetime | None = None) -> list[WebhookOut]:
+    """Every endpoint as the API shows it; their secrets' dates come from one query."""
+    endpoints = list_all(session)
+    secrets = active_secrets_of(session, [e.id for e in endpoints], now or utcnow())
+    return [_out(endpoint, secrets.get(endpoint.id, [])) for endpoint in endpoints]
+
+
+def _out(endpoint: WebhookEndpoint, secrets: list[WebhookSecret]) -> WebhookOut:
     return WebhookOut(
         id=endpoint.id,
         url=endpoint.url,
@@ -298,11 +329,10 @@ def delivery_counts(session: Session) -> dict[int, dict[str, int]]:
     """Per endpoint, how many of its messages are in each status."""
     counts: dict[int, dict[str, int]] = {}
     rows = session.execute(
-        select(OutboxMessage.endpoint_id, OutboxMessage.status, func.count())
-        .where(OutboxMessage.endpoint_id.is_not(None))
-        .group_by(OutboxMessage.endpoint_id, OutboxMessage.status)
+        select(WebhookEndpoint.id, OutboxMessage.status, func.count())
+        .join(OutboxMessage, OutboxMessage.endpoint_id == WebhookEndpoint.id)
+        .group_by(WebhookEndpoint.id, OutboxMessage.status)
     )
     for endpoint_id, status, count in rows:
-        if endpoint_id is not None:
-            counts.setdefault(endpoint_id, {})[status] = count
+        counts.setdefault(endpoint_id, {})[status] = count
     return counts

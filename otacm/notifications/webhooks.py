@@ -375,12 +375,6 @@ def _failed(error: str, started: float) -> DeliveryResult:
 
 
 def _finish(message: WebhookMessage, url: str, result: DeliveryResult) -> DeliveryResult:
-    # Only scheme, host and port: paths and queries of webhook URLs often carry tokens.
-    try:
-        parsed = httpx.URL(url)
-        origin = f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}"
-    except (httpx.InvalidURL, TypeError):
-        origin = "an invalid URL"
     level = logging.DEBUG if result.outcome is Outcome.DELIVERED else logging.INFO
     if result.outcome is Outcome.GIVE_UP:
         level = logging.WARNING
@@ -389,7 +383,7 @@ def _finish(message: WebhookMessage, url: str, result: DeliveryResult) -> Delive
         "webhook %s (%s) to %s: %s, status %s, %.3f s%s",
         message.id,
         message.type,
-        origin,
+        origin(url),
         result.outcome,
         result.status_code,
         result.elapsed.total_seconds(),
@@ -446,6 +440,16 @@ def schedule_retry(
 
 
 # --- Configuration --------------------------------------------------------------------------
+
+
+def origin(url: str) -> str:
+    """Scheme, host and port of `url`: all that audit entries and logs show of a webhook URL,
+    whose path or query often carries a receiver's token."""
+    try:
+        parsed = httpx.URL(url)
+        return f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}"
+    except (httpx.InvalidURL, TypeError, UnicodeError):
+        return "(an invalid URL)"
 
 
 def validate_webhook_url(url: str, *, field: str = "url") -> str:

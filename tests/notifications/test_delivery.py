@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -12,10 +13,17 @@ from sqlalchemy import Engine
 from otacm.alerts.service import AlertKind, raise_alert
 from otacm.config import Settings
 from otacm.db import make_engine, make_write_session_factory, unit_of_work
-from otacm.notifications import delivery, service
+from otacm.notifications import delivery, service, webhooks
 from otacm.notifications.models import OutboxMessage, WebhookSecret
+from otacm.notifications.outbox import Channel
 from otacm.notifications.schemas import WebhookUpdate
-from otacm.notifications.webhooks import GIVE_UP_AFTER, MAX_ATTEMPTS, DeliveryResult, Outcome
+from otacm.notifications.webhooks import (
+    GIVE_UP_AFTER,
+    MAX_ATTEMPTS,
+    DeliveryResult,
+    Outcome,
+    WebhookMessage,
+)
 from otacm.security.keys import KeyStore
 from tests.conftest import TEST_ACTOR
 from tests.notifications.conftest import (
@@ -27,6 +35,7 @@ from tests.notifications.conftest import (
     until_settled,
 )
 from tests.notifications.conftest import outbox as outbox_rows
+from tests.security.helpers import audit_rows
 
 
 def test_a_raised_alert_reaches_the_receiver_signed(
@@ -166,17 +175,76 @@ def test_inactive_endpoints_and_unwanted_types_get_nothing(
 def test_deactivating_an_endpoint_stops_its_pending_messages(
     settings: Settings, engine: Engine, keys: KeyStore, receiver: Receiver, clock: Clock
 ) -> None:
-    webhook_id, _ = add_webhook(engine, settings, receiver.url)
+    webhook_id, secret = add_webhook(engine, settings, receiver.url)
+    other_id, other_secret = add_webhook(engine, settings, receiver.url)
+    receiver.secrets = [secret, other_secret]
+    alert(engine, settings, now=clock.now)
     alert(engine, settings, now=clock.now)
     with unit_of_work(make_write_session_factory(engine)) as session:
         service.update(session, TEST_ACTOR, webhook_id, WebhookUpdate(active=False))
 
+    # Given up by the change itself, before any delivery round ran.
+    mine = [r for r in outbox_rows(engine) if r.endpoint_id == webhook_id]
+    assert [(r.status, r.attempts, r.next_attempt_at) for r in mine] == [("failed", 0, None)] * 2
+    assert {r.last_error for r in mine} == {"not sent: the webhook endpoint was deactivated"}
+    [entry] = [r for r in audit_rows(engine) if r["action"] == "webhook.update"]
+    assert entry["after"]["pending_messages_given_up"] == 2
+    assert entry["after"]["changed"] == ["active"]
+
     report = deliver(engine, settings, clock)
 
-    assert report.attempted == 0 and receiver.received == []
+    assert report.delivered == 2 and report.attempted == 2  # the other endpoint's only
+    assert {r.headers["Otacm-Delivery"] for r in receiver.received} == {
+        r.message_id for r in outbox_rows(engine) if r.endpoint_id == other_id
+    }
+    # Switched on again, it gets what is raised from then on, not what was given up.
+    with unit_of_work(make_write_session_factory(engine)) as session:
+        service.update(session, TEST_ACTOR, webhook_id, WebhookUpdate(active=True))
+    assert deliver(engine, settings, clock).attempted == 0
+    alert(engine, settings, now=clock.now)
+    assert deliver(engine, settings, clock).delivered == 2
+    entries = [r for r in audit_rows(engine) if r["action"] == "webhook.update"]
+    assert "pending_messages_given_up" not in entries[-1]["after"]
+
+
+def test_a_message_under_way_when_its_endpoint_is_deactivated_stays_given_up(
+    settings: Settings, engine: Engine, keys: KeyStore, receiver: Receiver, clock: Clock
+) -> None:
+    webhook_id, _ = add_webhook(engine, settings, receiver.url)
+    alert(engine, settings, now=clock.now)
+    factory = make_write_session_factory(engine)
+    under_way = delivery._claim_next(factory, settings, clock.now, delivery.channels(settings))
+    assert under_way is not None
+    with unit_of_work(factory) as session:
+        service.update(session, TEST_ACTOR, webhook_id, WebhookUpdate(active=False))
+    late = delivery.RoundReport()
+    retry = DeliveryResult(Outcome.RETRY, 503, timedelta(seconds=1))
+    delivery._record(factory, under_way, retry, clock.now, late)
+
+    assert late.lost == 1
     [row] = outbox_rows(engine)
-    assert row.status == "failed" and row.attempts == 0
-    assert row.last_error == "not sent: the webhook endpoint was deactivated"
+    assert (row.status, row.attempts, row.claim_token) == ("failed", 0, None)
+    clock.advance(timedelta(hours=1))
+    assert deliver(engine, settings, clock).attempted == 0
+
+
+def test_an_alert_raised_while_an_endpoint_is_deactivated_is_not_queued_for_it(
+    settings: Settings, engine: Engine, keys: KeyStore, receiver: Receiver, clock: Clock
+) -> None:
+    """The alert's transaction waits for the deactivation's (FOR SHARE on PostgreSQL, the write
+    lock on SQLite) and then sees the endpoint inactive: no message slips past the change."""
+    webhook_id, _ = add_webhook(engine, settings, receiver.url)
+    with unit_of_work(make_write_session_factory(engine)) as session:
+        service.update(session, TEST_ACTOR, webhook_id, WebhookUpdate(active=False))
+        raising = threading.Thread(target=alert, args=(engine, settings), kwargs={"now": clock.now})
+        raising.start()
+        raising.join(0.5)
+        assert raising.is_alive()  # waiting for the deactivation to commit or roll back
+    raising.join(30)
+
+    assert not raising.is_alive()
+    assert outbox_rows(engine) == []
+    assert deliver(engine, settings, clock).attempted == 0 and receiver.received == []
 
 
 def test_during_a_rotation_both_secrets_sign(
@@ -228,20 +296,62 @@ def test_secrets_are_stored_wrapped_and_bound_to_their_endpoint(
     assert len(receiver.received) == 1
 
 
-def test_a_missing_server_key_is_retried_not_lost(
+def test_a_worker_without_the_server_key_leaves_webhook_messages_to_others(
     settings: Settings, engine: Engine, keys: KeyStore, receiver: Receiver, clock: Clock
 ) -> None:
     _, secret = add_webhook(engine, settings, receiver.url)
     receiver.secrets = [secret]
     alert(engine, settings, now=clock.now)
     elsewhere = settings.model_copy(update={"keys_dir": settings.data_dir / "no-keys"})
+    assert delivery.channels(elsewhere) == frozenset()
+    assert delivery.channels(settings) == {Channel.WEBHOOK}
 
-    report = deliver(engine, elsewhere, clock)
-
-    assert report.retrying == 1 and receiver.received == []
+    for _ in range(3):
+        report = deliver(engine, elsewhere, clock)
+        assert report.attempted == 0 and receiver.received == []
     [row] = outbox_rows(engine)
-    assert row.status == "pending" and "otacm keys init" in (row.last_error or "")
-    clock.advance(timedelta(minutes=1))
+    assert (row.status, row.attempts, row.last_error) == ("pending", 0, None)
+    assert row.locked_until is None and row.claim_token is None  # not even leased
+    assert deliver(engine, settings, clock).delivered == 1  # at once: nothing was burnt
+
+
+def test_an_attempt_that_raises_is_recorded_as_a_retry_and_the_round_goes_on(
+    settings: Settings,
+    engine: Engine,
+    keys: KeyStore,
+    receiver: Receiver,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, secret = add_webhook(engine, settings, receiver.url)
+    receiver.secrets = [secret]
+    alert(engine, settings, now=clock.now)
+    alert(engine, settings, now=clock.now)
+    first, second = outbox_rows(engine)
+    real = webhooks.deliver
+    calls = []
+
+    def deliver_with_a_bug(url: str, message: WebhookMessage, *args: Any, **kw: Any) -> Any:
+        calls.append(str(message.id))
+        if len(calls) == 1:
+            raise IndexError(f"string index out of range ({url}, {secret.decode()})")
+        return real(url, message, *args, **kw)
+
+    monkeypatch.setattr(webhooks, "deliver", deliver_with_a_bug)
+    report = deliver(engine, settings, clock)
+
+    assert calls == [first.message_id, second.message_id]
+    assert (report.delivered, report.retrying, report.failed) == (1, 1, 0)
+    broken, delivered = outbox_rows(engine)
+    assert delivered.status == "delivered"
+    assert (broken.status, broken.attempts, broken.claim_token) == ("pending", 1, None)
+    assert broken.next_attempt_at is not None and broken.next_attempt_at > clock.now
+    error = broken.last_error or ""
+    assert "IndexError: string index out of range" in error
+    assert secret.decode() not in error and "token=t0p" not in error  # no secret, no path
+    assert "http://127.0.0.1" in error  # the origin stays
+    monkeypatch.setattr(webhooks, "deliver", real)
+    clock.now = broken.next_attempt_at
     assert deliver(engine, settings, clock).delivered == 1
 
 
@@ -252,7 +362,7 @@ def test_an_expired_lease_is_taken_over_and_the_late_answer_dropped(
     receiver.secrets = [secret]
     alert(engine, settings, now=clock.now)
     factory = make_write_session_factory(engine)
-    stalled = delivery._claim_next(factory, settings, clock.now)
+    stalled = delivery._claim_next(factory, settings, clock.now, delivery.channels(settings))
     assert stalled is not None
     assert deliver(engine, settings, clock).attempted == 0  # leased: nobody else takes it
 

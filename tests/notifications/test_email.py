@@ -15,13 +15,17 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from sqlalchemy import Engine
+from typer.testing import CliRunner
 
 from otacm.alerts.service import AlertKind
-from otacm.config import Settings
-from otacm.notifications import outbox
-from tests.notifications.conftest import Clock, alert, deliver, until_settled
+from otacm.cli import app as cli
+from otacm.config import Settings, get_settings
+from otacm.notifications import delivery, outbox
+from otacm.notifications.outbox import Channel
+from otacm.security.keys import KeyStore
+from tests.notifications.conftest import Clock, Receiver, add_webhook, alert, deliver, until_settled
 from tests.notifications.conftest import outbox as outbox_rows
 
 USER, PASSWORD = "otacm-alerts", "smtp-password-9f8e7d6c"
@@ -181,3 +185,107 @@ def test_a_wrong_password_or_no_server_is_retried_then_given_up(
     [row] = outbox_rows(engine)
     assert row.status == "failed" and row.attempts >= 13
     assert "given up after" in (row.last_error or "") and handler.messages == []
+
+
+def test_a_sender_the_email_cannot_carry_is_retried_and_the_round_goes_on(
+    settings: Settings,
+    engine: Engine,
+    inbox: tuple[Inbox, int],
+    keys: KeyStore,
+    receiver: Receiver,
+    clock: Clock,
+) -> None:
+    """Settings made without validation (`model_copy`) can still hold an address that breaks
+    the email: the attempt fails like any other, and the webhook after it is delivered."""
+    handler, port = inbox
+    broken = mail_settings(settings, port, alert_email_from="otacm <")
+    _, secret = add_webhook(engine, settings, receiver.url)
+    receiver.secrets = [secret]
+    alert(engine, broken, now=clock.now)
+    assert sorted(r.channel for r in outbox_rows(engine)) == ["email", "webhook"]
+
+    report = deliver(engine, broken, clock)
+
+    assert (report.delivered, report.retrying) == (1, 1)
+    assert len(receiver.received) == 1 and handler.messages == []
+    email_row = next(r for r in outbox_rows(engine) if r.channel == "email")
+    assert (email_row.status, email_row.attempts) == ("pending", 1)
+    assert "IndexError" in (email_row.last_error or "")
+    assert PASSWORD not in (email_row.last_error or "")
+
+    fixed = mail_settings(settings, port)
+    assert email_row.next_attempt_at is not None
+    clock.now = email_row.next_attempt_at
+    assert deliver(engine, fixed, clock).delivered == 1
+    [(sender, _, _)] = handler.messages
+    assert sender == "otacm@fleet.example"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTACM_ALERT_EMAIL_FROM", "otacm <"),
+        ("OTACM_ALERT_EMAIL_FROM", "otacm"),
+        ("OTACM_ALERT_EMAIL_FROM", "ops@fleet.example, oncall@fleet.example"),
+        ("OTACM_ALERT_EMAIL_FROM", "otacm@fleet.example\r\nBcc: someone@else.example"),
+        ("OTACM_ALERT_EMAIL_TO", "ops@fleet.example, otacm <"),
+        ("OTACM_ALERT_EMAIL_TO", '["ops@fleet.example", "@fleet.example"]'),
+    ],
+)
+def test_a_bad_address_is_refused_at_start_up_naming_the_setting(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    [error] = refused.value.errors()
+    assert error["loc"] == (variable.removeprefix("OTACM_").lower(),)
+    assert variable in error["msg"]
+
+
+def test_the_cli_refuses_to_start_naming_the_setting(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTACM_ALERT_EMAIL_TO", "ops@fleet.example, otacm <")
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(
+            cli, ["webhooks", "deliver", "--database-url", settings.resolved_database_url()]
+        )
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "OTACM_ALERT_EMAIL_TO: 'otacm <' is not an email address" in output
+    assert "delivered" not in output and "Traceback" not in output
+
+
+def test_good_addresses_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTACM_ALERT_EMAIL_FROM", " otacm alerts <otacm@fleet.example> ")
+    monkeypatch.setenv("OTACM_ALERT_EMAIL_TO", "ops@fleet.example, On Call <oncall@fleet.example>")
+    taken = Settings()
+    assert taken.alert_email_from == "otacm alerts <otacm@fleet.example>"
+    assert taken.alert_email_to == ["ops@fleet.example", "On Call <oncall@fleet.example>"]
+    assert Settings(alert_email_from="", alert_email_to=[]).alert_email_from == ""
+
+
+def test_a_worker_without_email_settings_leaves_email_to_others(
+    settings: Settings, engine: Engine, inbox: tuple[Inbox, int], clock: Clock
+) -> None:
+    handler, port = inbox
+    configured = mail_settings(settings, port)
+    alert(engine, configured, now=clock.now)  # raised where email is configured
+    assert delivery.channels(configured) == {Channel.EMAIL}  # no server key here
+
+    for unconfigured in (settings, mail_settings(settings, port, smtp_host="")):
+        assert Channel.EMAIL not in delivery.channels(unconfigured)
+        assert deliver(engine, unconfigured, clock).attempted == 0
+    [row] = outbox_rows(engine)
+    assert (row.status, row.attempts, row.last_error, row.claim_token) == (
+        "pending",
+        0,
+        None,
+        None,
+    )
+    assert deliver(engine, configured, clock).delivered == 1
+    assert len(handler.messages) == 1

@@ -637,3 +637,17 @@ def test_unacceptable_webhook_urls_name_the_field(url: str, reason: str) -> None
     assert error.detail.startswith("endpoints[2].url: ")
     assert error.to_dict()["field"] == "endpoints[2].url"
     assert (error.status_code, error.code) == (422, "invalid_webhook_url")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://crm.example.com/hooks/T0KEN?key=abc", "https://crm.example.com"),
+        ("http://127.0.0.1:8080/x?token=t", "http://127.0.0.1:8080"),
+        ("https://[::1]:9000/hook", "https://[::1]:9000"),
+        ("https://[::1/hook", "(an invalid URL)"),
+        (None, "(an invalid URL)"),
+    ],
+)
+def test_origin_shows_scheme_host_and_port_only(url: Any, shown: str) -> None:
+    assert webhooks.origin(url) == shown

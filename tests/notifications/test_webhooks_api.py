@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from otacm.config import Settings
 from otacm.security.keys import KeyStore
@@ -84,6 +84,7 @@ def test_without_a_server_key_creating_a_webhook_is_refused(client: TestClient) 
         "https://hooks.example.com/#part",
         "not a url",
         "",
+        "https://hooks.example.com/" + "a" * 2030,  # 2056 characters: over 2048
     ],
 )
 def test_a_bad_url_is_refused_naming_the_field(
@@ -96,6 +97,17 @@ def test_a_bad_url_is_refused_naming_the_field(
     created = create(client)
     response = client.patch(f"/api/v1/webhooks/{created['id']}", json={"url": url})
     assert response.status_code == 422 and response.json()["field"] == "url"
+    assert response.json()["error"] == "invalid_webhook_url"
+
+
+def test_a_url_of_2048_characters_is_taken(client: TestClient, keys: KeyStore) -> None:
+    url = "https://hooks.example.com/" + "a" * (2048 - 26)
+    assert len(url) == 2048
+    assert create(client, url=url)["url"] == url
+    response = client.post("/api/v1/webhooks", json={"url": url + "a"})
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_webhook_url"
+    assert response.json()["detail"] == "url: longer than 2048 characters"
 
 
 def test_other_bad_fields_are_named(client: TestClient, keys: KeyStore) -> None:
@@ -144,6 +156,32 @@ def test_changes_are_audited_without_secrets_or_url_paths(
     for secret in (created["secret"], rotated.json()["secret"]):
         assert secret not in text
     assert "T0KEN-IN-PATH" not in text and "key=abc" not in text
+
+
+def test_the_list_reads_every_endpoints_secrets_in_one_query(
+    client: TestClient, engine: Engine, keys: KeyStore
+) -> None:
+    ids = [create(client, description=f"n{n}")["id"] for n in range(3)]
+    rotate = f"/api/v1/webhooks/{ids[1]}/rotate-secret"
+    assert client.post(rotate, json={"grace_period_seconds": 3600}).status_code == 200
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        listed = client.get("/api/v1/webhooks")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+    assert listed.status_code == 200
+    assert [w["id"] for w in listed.json()] == ids
+    assert [len(w["secrets"]) for w in listed.json()] == [1, 2, 1]
+    rotated = listed.json()[1]["secrets"]
+    assert rotated[0]["expires_at"] is None and rotated[1]["expires_at"] is not None
+    assert listed.json() == [client.get(f"/api/v1/webhooks/{i}").json() for i in ids]
+    assert sum("webhook_secrets" in s for s in statements) == 1
 
 
 def test_rotation_keeps_one_previous_secret_for_the_grace_period(

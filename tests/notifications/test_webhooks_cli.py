@@ -59,6 +59,7 @@ def test_add_list_rotate_deliver_remove(
     alert(engine, settings)
     code, _, output = otacm(settings, "webhooks", "deliver")
     assert code == 0 and "1 delivered, 0 to retry, 0 given up" in output
+    assert "left pending for another process: email (not configured here)" in output
     assert receiver.received[0].verified_with == receiver.secrets
 
     code, deliveries, _ = otacm(settings, "webhooks", "deliveries", "1")
@@ -79,11 +80,36 @@ def test_add_list_rotate_deliver_remove(
     assert secret not in str(entries) and new not in str(entries)
 
 
+def test_deliver_without_the_server_key_leaves_webhook_messages_pending(
+    settings: Settings,
+    engine: Engine,
+    keys: KeyStore,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, _, output = otacm(settings, "webhooks", "add", receiver.url)
+    assert code == 0, output
+    alert(engine, settings)
+    monkeypatch.setenv("OTACM_KEYS_DIR", str(settings.data_dir / "elsewhere"))
+    get_settings.cache_clear()
+
+    code, _, output = otacm(settings, "webhooks", "deliver")
+
+    assert code == 0 and "0 delivered, 0 to retry, 0 given up" in output
+    assert "webhooks (no server key in" in " ".join(output.split())
+    assert receiver.received == []
+    code, deliveries, _ = otacm(settings, "webhooks", "deliveries", "1")
+    assert code == 0 and "pending" in deliveries
+
+
 def test_add_refuses_a_bad_url_or_missing_keys(settings: Settings) -> None:
     code, _, output = otacm(settings, "webhooks", "add", "https://hooks.example.com/")
     assert code == 1 and "otacm keys init" in output
     KeyStore(settings.resolved_keys_dir()).init(None, allow_unencrypted_root=True)
     code, _, output = otacm(settings, "webhooks", "add", "http://hooks.example.com/")
     assert code == 1 and "url: must use https" in output
+    code, _, output = otacm(settings, "webhooks", "add", "https://x.example/" + "a" * 2048)
+    assert code == 1 and "url: longer than 2048 characters" in output
+    assert "validation error" not in output.lower()
     code, _, output = otacm(settings, "webhooks", "add", "https://x.example/", "--event", "nope")
     assert code == 1 and "event_types" in output
