@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Engine, delete, func, insert, literal, select, text, update
+from sqlalchemy import Engine, delete, func, insert, literal, select, text
+from sqlalchemy.orm import Session
 
+from otacm.alerts.models import Alert
 from otacm.bench.common import Report, Result
 from otacm.bench.targeting import bench_keys_dir, release_update
 from otacm.campaigns import engine as engine_module
@@ -25,6 +27,7 @@ from otacm.campaigns.models import (
     CampaignUpdate,
     CampaignWave,
     Deployment,
+    DeploymentEventRecord,
     DeploymentTally,
 )
 from otacm.campaigns.schemas import CampaignCreate
@@ -42,7 +45,6 @@ from otacm.security.audit import Actor
 from otacm.targeting import service as targeting
 from otacm.targeting.schemas import PreviewRequest
 
-LIVE = ("scheduled", "running", "paused")
 PROGRESS_RUNS = 20
 TICK_RUNS = 10
 IDLE_CAMPAIGNS = 50
@@ -86,12 +88,10 @@ def run(*, database_url: str, command: str) -> Report:
             .order_by(func.count().desc())
             .limit(1)
         ).scalar_one()
-        # Earlier runs' campaigns would make every vehicle busy: they are over.
-        session.execute(
-            update(Campaign)
-            .where(Campaign.name.like("bench launch %"), Campaign.state.in_(LIVE))
-            .values(state="completed", finished_at=utcnow())
-        )
+        # Earlier runs' campaigns would make every vehicle busy, and their millions of rows
+        # would make each run write into bigger indexes than the last: they go.
+        earlier = list(session.scalars(select(Campaign.id).where(Campaign.name.like("bench %"))))
+        _remove_campaigns(session, earlier)
     report = Report(f"Campaign launch, {vehicles:,} vehicles", command)
     label = "PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite"
     raw, rows = _raw_insert(engine)
@@ -303,6 +303,15 @@ def _bench_idle_tick(engine: Engine, report: Report, label: str, source_id: int)
         )
     finally:
         with unit_of_work(write) as session:
-            for table in (DeploymentTally, Deployment, CampaignWave, CampaignUpdate):
-                session.execute(delete(table).where(table.campaign_id.in_(made)))
-            session.execute(delete(Campaign).where(Campaign.id.in_(made)))
+            _remove_campaigns(session, made)
+
+
+def _remove_campaigns(session: Session, campaign_ids: list[int]) -> None:
+    """Delete benchmark campaigns with everything they wrote."""
+    if not campaign_ids:
+        return
+    tables = (DeploymentEventRecord, DeploymentTally, Deployment, CampaignWave, CampaignUpdate)
+    for table in tables:
+        session.execute(delete(table).where(table.campaign_id.in_(campaign_ids)))
+    session.execute(delete(Alert).where(Alert.campaign_id.in_(campaign_ids)))
+    session.execute(delete(Campaign).where(Campaign.id.in_(campaign_ids)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from otacm.db import Base, JSONDocument, UTCDateTime
@@ -89,6 +89,15 @@ class Deployment(Base):
         Index("ix_deployments_campaign_state", "campaign_id", "state", "state_entered_at"),
         Index("ix_deployments_campaign_wave", "campaign_id", "wave"),
         Index("ix_deployments_vehicle_state", "vehicle_id", "state"),
+        # The few with a retry planned: counted for progress and wave verdicts, and the engine's
+        # next retry time, without reading a campaign's other deployments.
+        Index(
+            "ix_deployments_retry_planned",
+            "campaign_id",
+            "next_attempt_at",
+            postgresql_where=text("next_attempt_at IS NOT NULL"),
+            sqlite_where=text("next_attempt_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

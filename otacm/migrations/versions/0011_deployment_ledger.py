@@ -64,6 +64,12 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_deployments_campaign_state", ["campaign_id", "state", "state_entered_at"]
         )
+        batch_op.create_index(
+            "ix_deployments_retry_planned",
+            ["campaign_id", "next_attempt_at"],
+            postgresql_where=sa.text("next_attempt_at IS NOT NULL"),
+            sqlite_where=sa.text("next_attempt_at IS NOT NULL"),
+        )
     with op.batch_alter_table("campaigns", schema=None) as batch_op:
         batch_op.add_column(sa.Column("joined_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("wake_at", sa.DateTime(timezone=True), nullable=True))
@@ -76,6 +82,7 @@ def downgrade() -> None:
         batch_op.drop_column("wake_at")
         batch_op.drop_column("joined_at")
     with op.batch_alter_table("deployments", schema=None) as batch_op:
+        batch_op.drop_index("ix_deployments_retry_planned")
         batch_op.drop_index("ix_deployments_campaign_state")
         batch_op.create_index("ix_deployments_campaign_state", ["campaign_id", "state"])
         batch_op.drop_column("versions")
