@@ -29,6 +29,9 @@ from otacm.targeting.endpoints import router as targeting_router
 from otacm.updates.downloads import router as downloads_router
 from otacm.updates.endpoints import router as updates_router
 from otacm.updates.storage import storage_from_settings
+from otacm.vehicle_api.auth import FastIdentifier
+from otacm.vehicle_api.endpoints import director_router
+from otacm.vehicle_api.endpoints import router as vehicle_router
 
 
 async def _otacm_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -90,9 +93,11 @@ def _periodic_jobs(app: FastAPI) -> list[periodic.Job]:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks = periodic.start(_periodic_jobs(app))
+    await app.state.vehicle_identifier.start()
     try:
         yield
     finally:
+        await app.state.vehicle_identifier.close()
         for task in tasks:
             task.cancel()
             with suppress(asyncio.CancelledError):
@@ -116,6 +121,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.session_factory = make_session_factory(engine)
     app.state.write_session_factory = make_write_session_factory(engine)
     app.state.storage = storage_from_settings(settings)
+    app.state.vehicle_identifier = FastIdentifier(engine, settings)
     app.add_exception_handler(OtacmError, _otacm_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(RequestRecorder)
@@ -129,5 +135,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.include_router(alerts_router)
     app.include_router(webhooks_router)
     app.include_router(downloads_router)
+    app.include_router(vehicle_router)
+    app.include_router(director_router)
     app.include_router(console_router)
     return app

@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     # Period of the notification outbox's delivery round (webhooks, alert email) in
     # `otacm serve` and `otacm worker`; zero turns it off inside `otacm serve`.
     notification_interval: timedelta = timedelta(seconds=10)
+    # How long a vehicle waits before polling again (docs/vehicle-api.md): short while one of
+    # its deployments is in flight, long when idle; each answer varies it by ±jitter.
+    vehicle_poll_active: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
+    vehicle_poll_idle: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0))
+    vehicle_poll_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # The header in which a TLS terminator passes a verified client certificate's subject
+    # (`CN=<VIN>`); empty: vehicles authenticate with their bearer credential only.
+    vehicle_cert_header: str = ""
     # Alert email: sent only when a host, a sender and at least one recipient are set.
     smtp_host: str = ""
     smtp_port: int = Field(default=587, ge=1, le=65535)

@@ -7,6 +7,7 @@ from otacm.notifications import models as notifications_models
 from otacm.security import models as security_models
 from otacm.security.tuf import models as tuf_models
 from otacm.updates import models as updates_models
+from otacm.vehicle_api import models as vehicle_api_models
 
 __all__ = [
     "alerts_models",
@@ -16,4 +17,5 @@ __all__ = [
     "security_models",
     "tuf_models",
     "updates_models",
+    "vehicle_api_models",
 ]

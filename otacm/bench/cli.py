@@ -124,3 +124,29 @@ def bench_campaigns(database_url: RegistryOption, record: RecordOption = None) -
 
     command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     _finish(campaigns.run(database_url=database_url, command=command), record)
+
+
+@app.command("vehicle-api")
+def bench_vehicle_api(
+    database_url: Annotated[
+        str, typer.Option(help="A PostgreSQL registry already filled (e.g. 1,000,000 vehicles).")
+    ],
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn workers of each server.")] = 2,
+    seconds: Annotated[float, typer.Option(min=1, help="Measured load per endpoint.")] = 15,
+    sample: Annotated[int, typer.Option(min=1, help="Idle vehicles polled round-robin.")] = 20_000,
+    record: RecordOption = None,
+) -> None:
+    """Idle vehicle polls vs a bare FastAPI endpoint, same workers, same load generator."""
+    from otacm.bench import vehicle_api
+
+    command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    _finish(
+        vehicle_api.run(
+            database_url=database_url,
+            command=command,
+            workers=workers,
+            seconds=seconds,
+            sample=sample,
+        ),
+        record,
+    )

@@ -61,7 +61,7 @@ class Offer:
     updates: tuple[SoftwareUpdate, ...]
 
 
-def _updates_by_campaign(
+def updates_by_campaign(
     session: Session, campaign_ids: Sequence[int]
 ) -> dict[int, list[SoftwareUpdate]]:
     found: dict[int, list[SoftwareUpdate]] = {c: [] for c in campaign_ids}
@@ -134,7 +134,7 @@ def offers_for(session: Session, vehicle: Vehicle, now: datetime) -> list[Offer]
     ).all()
     if not rows:
         return []
-    updates = _updates_by_campaign(session, sorted({c.id for _, c in rows}))
+    updates = updates_by_campaign(session, sorted({c.id for _, c in rows}))
     held = {
         u.ecu_type for d, c in rows if DeploymentState(d.state) in ACTIVE for u in updates[c.id]
     }
@@ -196,7 +196,7 @@ def confirm_manifest(
     deployments = list(rows)
     if not deployments:
         return []
-    updates = _updates_by_campaign(session, sorted({d.campaign_id for d in deployments}))
+    updates = updates_by_campaign(session, sorted({d.campaign_id for d in deployments}))
     confirmed: list[Deployment] = []
     for deployment in deployments:
         target = {u.ecu_type: u.version for u in updates[deployment.campaign_id]}

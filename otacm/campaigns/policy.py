@@ -678,6 +678,19 @@ def in_window(now: datetime, windows: Sequence[MaintenanceWindow]) -> bool:
     )
 
 
+def current_window_end(now: datetime, windows: Sequence[MaintenanceWindow]) -> datetime | None:
+    """When the window open at `now` closes (the latest end, windows overlapping); None when
+    no window is open, or there are none (always open)."""
+    _aware("now", now)
+    ends = [
+        end
+        for w in windows
+        for start, end in _occurrences(w, now, -(w.duration.days + 2), 0)
+        if start <= now < end
+    ]
+    return max(ends, default=None)
+
+
 def next_window_start(now: datetime, windows: Sequence[MaintenanceWindow]) -> datetime | None:
     """The first window opening after `now` (UTC); None without windows (always open)."""
     _aware("now", now)

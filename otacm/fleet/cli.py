@@ -192,3 +192,14 @@ def set_status(
     with cli_session(database_url) as session:
         vehicle, previous = service.change_status(session, cli_actor(), vin, status, reason)
     console.print(f"{vehicle.vin}: {previous} → {status}")
+
+
+def _register_provisioning() -> None:
+    # Issued per vehicle, so they live with the other single-vehicle commands.
+    from otacm.vehicle_api.cli import issue_credentials, revoke_credentials
+
+    vehicles_app.command("credentials")(issue_credentials)
+    vehicles_app.command("revoke-credentials")(revoke_credentials)
+
+
+_register_provisioning()

@@ -41,7 +41,15 @@ ALERT_MESSAGE_TYPES = (
     "alert.campaign_finished",
     "alert.end_time_reached",
 )
-MESSAGE_TYPES = ALERT_MESSAGE_TYPES  # every one goes out by email as well, when configured
+# What the customer is told about a deployment (docs/vehicle-api.md): for an owner app or CRM.
+CUSTOMER_MESSAGE_TYPES = (
+    "customer.scheduled",
+    "customer.available",
+    "customer.completed",
+    "customer.failed",
+)
+# Alerts also go out by email, when it is configured; customer notices only by webhook.
+MESSAGE_TYPES = ALERT_MESSAGE_TYPES + CUSTOMER_MESSAGE_TYPES
 
 
 def email_configured(settings: Settings) -> bool:

@@ -27,6 +27,7 @@ from otacm.security.tuf.repository import (
     RepositoryNotInitialised,
 )
 from otacm.security.tuf.setup import initialise_keys_and_repository, write_lock
+from otacm.vehicle_api.director import DIRECTOR, DIRECTOR_KEY, DirectorRoot
 
 keys_app = typer.Typer(
     help="TUF signing keys and the image repository's metadata.", no_args_is_help=True
@@ -108,7 +109,9 @@ def _root_passphrase(keys: KeyStore, given: str | None) -> str | None:
 
 @keys_app.command("rotate")
 def rotate(
-    role: Annotated[str, typer.Argument(help="root, targets, snapshot or timestamp.")],
+    role: Annotated[
+        str, typer.Argument(help="root, targets, snapshot, timestamp (image) or director.")
+    ],
     root_passphrase: RootPassphraseOption = None,
     keys_dir: KeysDirOption = None,
     database_url: DatabaseOption = None,
@@ -123,7 +126,11 @@ def rotate(
         passphrase = _root_passphrase(keys, root_passphrase)  # before the transaction begins
         write_lock(session)
         try:
-            rotation = ImageRepository(settings).rotate_key(session, keys, role, passphrase)
+            # The director key signs only the director repositories (their shared root).
+            repository = (
+                DirectorRoot(settings) if role == DIRECTOR_KEY else ImageRepository(settings)
+            )
+            rotation = repository.rotate_key(session, keys, role, passphrase)
         except WrongPassphrase as exc:
             # The attempt itself is worth recording; nothing else changed.
             refused = exc.detail
@@ -153,6 +160,30 @@ def rotate(
         f"{role} key rotated: {rotation.old_keyid[:16]}… → {rotation.new_keyid}; "
         f"root now at version {rotation.root_version}"
     )
+
+
+@keys_app.command("init-director")
+def init_director(
+    root_passphrase: RootPassphraseOption = None,
+    keys_dir: KeysDirOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Sign the director root, for keys set up before otacm had director repositories."""
+    settings = _settings(database_url, keys_dir)
+    keys = KeyStore.from_settings(settings)
+    repository = DirectorRoot(settings)
+    with cli_session(database_url) as session:
+        passphrase = _root_passphrase(keys, root_passphrase)
+        write_lock(session)
+        if repository.exists(session):
+            console.print("the director root exists already")
+            return
+        repository.bootstrap(session, keys, root_passphrase=passphrase)
+        audit.record(
+            session, cli_actor(), "tuf.director.init", object_type="tuf_repository",
+            object_id=DIRECTOR,
+        )  # fmt: skip
+    console.print("director root signed (version 1)")
 
 
 @keys_app.command("refresh")

@@ -15,6 +15,7 @@ from otacm.security import audit, encryption
 from otacm.security.audit import SYSTEM, Actor
 from otacm.security.keys import KeysAlreadyInitialised, KeyStore
 from otacm.security.tuf.repository import IMAGE, ImageRepository, RepositoryExists
+from otacm.vehicle_api.director import DirectorRoot
 
 
 def write_lock(session: Session) -> None:
@@ -29,7 +30,8 @@ def initialise_keys_and_repository(
     *,
     engine: Engine | None = None,
 ) -> dict[str, str]:
-    """Create every role's key and the server key, and sign version 1 of the image repository;
+    """Create every role's key and the server key, and sign version 1 of the image repository
+    and of the director root;
     returns the key ids by role. `root_passphrase=None` stores the root key unencrypted: for a
     demo, a development set-up or a benchmark only. Without an `engine`, one is made from
     `settings` (the embedded SQLite database migrated first) and disposed of at the end.
@@ -69,6 +71,8 @@ def initialise_keys_and_repository(
             # before it was) when something is first wrapped; never when unwrapping.
             encryption.load_or_create_server_key(keys.directory)
             repository.bootstrap(session, keys, root_passphrase=root_passphrase)
+            # The director root every vehicle's director repository shares.
+            DirectorRoot(settings).bootstrap(session, keys, root_passphrase=root_passphrase)
             keyids = {role: key.keyid for role, key in public.items()}
             audit.record(
                 session,

@@ -168,9 +168,15 @@ def test_rotate_with_a_wrong_passphrase_is_refused_and_audited(
         {"keyid": after, "root_version": 2},
     )
 
+    # The director key signs the director root, shared by every vehicle's director repository.
+    director_before = store.public_key("director").keyid
     code, _, output = otacm_keys(settings, "rotate", "director", "--root-passphrase", PASSPHRASE)
+    assert code == 0, output
+    assert store.public_key("director").keyid != director_before
+    assert root_version(engine, settings) == 2, "the image root is left as it was"
+    code, _, output = otacm_keys(settings, "rotate", "nonsense", "--root-passphrase", PASSPHRASE)
     assert code == 1
-    assert "no 'director' key signs the image repository" in output
+    assert "no 'nonsense' key signs the image repository" in output
 
 
 def test_keys_commands_before_init_name_the_command(settings: Settings) -> None:

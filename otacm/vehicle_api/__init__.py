@@ -1,0 +1,1 @@
+"""The vehicle side: credentials, the vehicle API, the per-vehicle director repository."""
