@@ -1,8 +1,8 @@
-"""Console pages: login, logout and the home page.
+"""The web console: login, logout, its static files, and every screen's router.
 
 Sessions live in a cookie (HttpOnly, SameSite=Lax) whose SHA-256 is stored server-side. Every
 form that changes something carries a CSRF token: the login form a double-submit cookie (there
-is no session yet), the others the session's own token.
+is no session yet), the others the session's own token (`web.can_do`).
 """
 
 from __future__ import annotations
@@ -11,43 +11,110 @@ import secrets
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from fastapi import Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from otacm.deps import SessionDep
-from otacm.errors import OtacmError
-from otacm.fleet.models import FleetImport, Vehicle
+from otacm.console import (
+    admin,
+    alerts,
+    audit,
+    campaign_ops,
+    campaigns,
+    dashboard,
+    fleet,
+    imports,
+    targeting,
+    updates,
+    wizard,
+)
+from otacm.console.web import ConsoleSession, console_router, current_user, log, render
+from otacm.errors import NotFound, OtacmError
 from otacm.observability import request_id
 from otacm.security import service
 from otacm.security.auth import (
     SESSION_COOKIE,
     NotAuthenticated,
-    Principal,
     authenticate,
     client_address,
-    refuse,
 )
-from otacm.security.permissions import ROLE_PERMISSIONS, Permission, Role, allows
 
 LOGIN_CSRF_COOKIE = "otacm_login_csrf"
 
-router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+STATIC_DIR = Path(__file__).parent / "static"
+# Installed from the npm registry by scripts/bootstrap (`npm ci`, pinned by package-lock.json).
+VENDOR_DIR = Path(__file__).parent / "assets" / "node_modules"
+# Every file the console serves, by the name in its URL: nothing else on disk is reachable.
+STATIC_FILES = {
+    "console.css": STATIC_DIR / "console.css",
+    "console.js": STATIC_DIR / "console.js",
+    "vendor/htmx.min.js": VENDOR_DIR / "htmx.org" / "dist" / "htmx.min.js",
+    "vendor/chart.umd.min.js": VENDOR_DIR / "chart.js" / "dist" / "chart.umd.min.js",
+}
+MEDIA_TYPES = {".css": "text/css", ".js": "text/javascript"}
+
+router = console_router()
+for module in (
+    dashboard,
+    fleet,
+    imports,
+    updates,
+    targeting,
+    wizard,
+    campaigns,
+    campaign_ops,
+    alerts,
+    audit,
+    admin,
+):
+    router.include_router(module.router)
+
+_missing_reported: set[str] = set()
+
+
+@router.get("/static/{name:path}")
+def static_file(name: str) -> Response:
+    path = STATIC_FILES.get(name)
+    if path is None or not path.is_file():
+        if path is not None and name not in _missing_reported:
+            # Pages work without it (they are readable without JavaScript); say why it is gone.
+            _missing_reported.add(name)
+            log.warning("console asset %s is missing: run scripts/bootstrap (npm ci)", path)
+        raise NotFound(f"no static file {name!r}")
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES[path.suffix],
+        headers={"Cache-Control": "no-cache"},  # revalidated (ETag), so an upgrade shows at once
+    )
 
 
 def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def _local(target: str) -> str:
+    """Where to go after logging in: only a path of this console, never another site."""
+    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/"
+
+
 def _login_page(
-    request: Request, *, name: str = "", error: str | None = None, status: int = 200
+    request: Request,
+    *,
+    name: str = "",
+    target: str = "/",
+    error: str | None = None,
+    status: int = 200,
 ) -> Response:
     token = secrets.token_urlsafe(32)
-    response = templates.TemplateResponse(
-        request, "login.html", {"csrf": token, "name": name, "error": error}, status_code=status
+    response = render(
+        request,
+        "login.html",
+        status_code=status,
+        login_csrf=token,
+        name=name,
+        next=_local(target),
+        error=error,
     )
     response.set_cookie(
         LOGIN_CSRF_COOKIE,
@@ -61,23 +128,25 @@ def _login_page(
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_form(request: Request) -> Response:
-    return _login_page(request)
+def login_form(request: Request, next: str = "/") -> Response:
+    return _login_page(request, target=next)
 
 
 @router.post("/login", response_class=HTMLResponse)
 def login(
     request: Request,
-    session: SessionDep,
+    session: ConsoleSession,
     name: Annotated[str, Form(max_length=100)] = "",
     password: Annotated[str, Form(max_length=1000)] = "",
     csrf: Annotated[str, Form(max_length=100)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
 ) -> Response:
     expected = request.cookies.get(LOGIN_CSRF_COOKIE)
     if not expected or not secrets.compare_digest(expected, csrf):
         return _login_page(
             request,
             name=name,
+            target=next,
             status=403,
             error="the form expired or did not come from this console; try again",
         )
@@ -88,8 +157,10 @@ def login(
     except OtacmError as exc:
         # The failure is recorded (it throttles the next guess): keep it, show the form again.
         session.commit()
-        return _login_page(request, name=name, error=exc.detail, status=exc.status_code)
-    response = RedirectResponse("/", status_code=303)
+        return _login_page(
+            request, name=name, target=next, error=exc.detail, status=exc.status_code
+        )
+    response = RedirectResponse(_local(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
         secret,
@@ -102,21 +173,17 @@ def login(
     return response
 
 
-def _console_principal(request: Request, session: Session) -> Principal | None:
-    try:
-        return authenticate(request, session)
-    except NotAuthenticated:
-        return None
-
-
 @router.post("/logout")
 def logout(
     request: Request,
-    session: SessionDep,
+    session: ConsoleSession,
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
-    principal = _console_principal(request, session)
-    if principal is None or principal.csrf_token is None:
+    try:
+        principal = authenticate(request, session)
+    except NotAuthenticated:
+        return RedirectResponse("/login", status_code=303)
+    if principal.csrf_token is None:
         return RedirectResponse("/login", status_code=303)
     if not secrets.compare_digest(principal.csrf_token, csrf):
         return Response("the form lacks this session's CSRF token", status_code=403)
@@ -126,26 +193,4 @@ def logout(
     return response
 
 
-@router.get("/", response_class=HTMLResponse)
-def home(request: Request, session: SessionDep) -> Response:
-    principal = _console_principal(request, session)
-    if principal is None or principal.csrf_token is None:
-        return RedirectResponse("/login", status_code=303)
-    if not allows(principal.role, Permission.FLEET_READ):
-        raise refuse(request, principal, Permission.FLEET_READ)
-    by_model = session.execute(
-        select(Vehicle.model, func.count()).group_by(Vehicle.model).order_by(Vehicle.model)
-    ).all()
-    imports = list(session.scalars(select(FleetImport).order_by(FleetImport.id.desc()).limit(5)))
-    return templates.TemplateResponse(
-        request,
-        "home.html",
-        {
-            "user": principal,
-            "permissions": sorted(ROLE_PERMISSIONS[Role(principal.role)]),
-            "csrf": principal.csrf_token,
-            "by_model": by_model,
-            "total": sum(n for _, n in by_model),
-            "imports": imports,
-        },
-    )
+__all__ = ["current_user", "router"]
