@@ -4,6 +4,10 @@ The baseline is a plain `INSERT … SELECT` of one row per vehicle into an unind
 like `deployments`, in the same run. The campaign carries an update made for the fleet's most
 common ECU type, for every hardware of it, so that nearly every vehicle is eligible; it is
 defined, approved by a second manager and launched with the whole fleet as its selection.
+
+On PostgreSQL a second reference shows what the launch cannot go below: the same rows, in
+vehicle order, into an empty copy of `deployments` with its primary key and indexes (the
+index upkeep every launch pays, with no eligibility computed).
 """
 
 from __future__ import annotations
@@ -64,14 +68,31 @@ SELECT 0, id, 1, 'pending', 0, :now, :now, :now FROM vehicles
 """
 
 
-def _raw_insert(engine: Engine) -> tuple[float, int]:
+# The launch's floor: an empty copy of `deployments` with the same primary key (its id from
+# the same sequence), indexes and constraints, rows in vehicle order as the launch writes them.
+INDEXED = "CREATE TABLE bench_deployments_indexed (LIKE deployments INCLUDING ALL)"
+INSERT_INDEXED = """
+INSERT INTO bench_deployments_indexed
+    (campaign_id, vehicle_id, wave, state, attempts, state_entered_at, created_at, updated_at)
+SELECT 0, id, 1, 'pending', 0, :now, :now, :now FROM vehicles ORDER BY id
+"""
+
+
+def _raw_insert(engine: Engine, create: str = RAW, insert: str = INSERT_RAW) -> tuple[float, int]:
     with engine.connect() as conn, conn.begin() as transaction:
-        conn.execute(text(RAW))
+        conn.execute(text(create))
         started = time.perf_counter()
-        rows = conn.execute(text(INSERT_RAW), {"now": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
+        rows = conn.execute(text(insert), {"now": time.strftime("%Y-%m-%dT%H:%M:%SZ")})
         elapsed = time.perf_counter() - started
         transaction.rollback()
     return elapsed, rows.rowcount
+
+
+def _vacuum_deployments(engine: Engine) -> None:
+    """After removing earlier runs' million deployments: without this, autovacuum sets about
+    them while the launch runs (a different amount of it in every run)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM (ANALYZE) deployments"))
 
 
 def run(*, database_url: str, command: str) -> Report:
@@ -92,8 +113,11 @@ def run(*, database_url: str, command: str) -> Report:
         # would make each run write into bigger indexes than the last: they go.
         earlier = list(session.scalars(select(Campaign.id).where(Campaign.name.like("bench %"))))
         _remove_campaigns(session, earlier)
+    postgres = engine.dialect.name == "postgresql"
+    if postgres and earlier:
+        _vacuum_deployments(engine)
     report = Report(f"Campaign launch, {vehicles:,} vehicles", command)
-    label = "PostgreSQL" if engine.dialect.name == "postgresql" else "SQLite"
+    label = "PostgreSQL" if postgres else "SQLite"
     raw, rows = _raw_insert(engine)
     report.add(Result(f"{label}: raw INSERT … SELECT", raw, rows, unit="rows"))
     with tempfile.TemporaryDirectory(prefix="otacm-bench-campaigns-") as scratch:
@@ -152,6 +176,25 @@ def run(*, database_url: str, command: str) -> Report:
             note="target < 15 s on PostgreSQL, ratio goal ≤ 5",
         )
     )
+    if postgres:
+        floor, rows = _raw_insert(engine, INDEXED, INSERT_INDEXED)
+        report.add(
+            Result(
+                f"{label}: the same rows into an empty copy of deployments (its indexes)",
+                floor,
+                rows,
+                unit="rows",
+                baseline="raw insert",
+                ratio=floor / raw,
+                note="no eligibility: what index upkeep alone costs",
+            )
+        )
+        # The plain INSERT … SELECT of 1M deployment rows that issue 6 calls "about 3 s" is
+        # this one (into `deployments`, indexes and all); the raw insert above, into a bare
+        # table, is the stricter of the two.
+        report.facts["launch ÷ plain INSERT … SELECT into deployments"] = (
+            f"{elapsed / floor:.2f} × ({elapsed:.3f} s / {floor:.3f} s)"
+        )
     report.facts["campaign"] = f"id {campaign_id}, {eligible:,} eligible vehicles ({ecu_type})"
     _bench_progress(engine, report, label, campaign_id, eligible)
     _bench_idle_tick(engine, report, label, campaign_id)

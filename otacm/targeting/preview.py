@@ -259,10 +259,11 @@ def _position(column: Any, versions: Sequence[str], postgres: bool) -> ColumnEle
 
 
 def _stage_before_dependencies(
-    plan: PreviewPlan, update: UpdateRule, lateral: bool
-) -> tuple[ColumnElement[int], Any]:
+    plan: PreviewPlan, update: UpdateRule, lateral: bool, bulk: bool = False
+) -> tuple[ColumnElement[int], Any, ColumnElement[bool] | None]:
     """Stage × VERSION_SLOTS + installed version position, before dependencies are looked at;
-    and, with `lateral`, the LATERAL subquery the expression reads, to be joined in."""
+    and, with `lateral`, the subquery the expression reads and the condition to join it on
+    (LATERAL, or with `bulk` the per-vehicle maxima of all ECUs of the type, grouped)."""
     ecu = aliased(Ecu)
     found = plan.classes[update.id]
     postgres = lateral
@@ -282,13 +283,22 @@ def _stage_before_dependencies(
         else_=STAGE[Reason.INSTALLED_VERSION_NOT_APPLICABLE],
     )
     position = _position(ecu.software_version, plan.installed[update.id], postgres)
-    furthest = select(func.max(ecu_stage * VERSION_SLOTS + position).label("best")).where(
-        ecu.vehicle_id == Vehicle.id,
-        ecu.ecu_type == update.ecu_type,
-        ecu.removed_at.is_(None),
-    )
-    joined = furthest.lateral(f"furthest_{update.id}") if lateral else None
-    best_ecu: Any = joined.c.best if joined is not None else furthest.scalar_subquery()
+    best = func.max(ecu_stage * VERSION_SLOTS + position).label("best")
+    of_type = (ecu.ecu_type == update.ecu_type, ecu.removed_at.is_(None))
+    joined: Any = None
+    on: ColumnElement[bool] | None = None
+    if lateral and bulk:
+        grouped = select(ecu.vehicle_id, best).where(*of_type).group_by(ecu.vehicle_id)
+        joined = grouped.subquery(f"furthest_{update.id}")
+        on = joined.c.vehicle_id == Vehicle.id
+        best_ecu: Any = joined.c.best
+    else:
+        furthest = select(best).where(ecu.vehicle_id == Vehicle.id, *of_type)
+        if lateral:
+            joined, on = furthest.lateral(f"furthest_{update.id}"), true()
+            best_ecu = joined.c.best
+        else:
+            best_ecu = furthest.scalar_subquery()
     model_fits: ColumnElement[bool] = Vehicle.model.in_(sorted(update.compatible_models))
     if update.model_year_min is not None:
         model_fits = and_(model_fits, Vehicle.model_year >= update.model_year_min)
@@ -302,7 +312,7 @@ def _stage_before_dependencies(
         ),
         else_=func.coalesce(best_ecu, STAGE[Reason.NO_MATCHING_ECU] * VERSION_SLOTS),
     )
-    return stage, joined
+    return stage, joined, on
 
 
 def _installed_dependency(
@@ -373,10 +383,16 @@ def _resolve_dependencies(plan: PreviewPlan, per_vehicle: Any) -> tuple[Any, dic
 
 
 def vehicle_query(
-    session: Session, plan: PreviewPlan, selection: ColumnElement[bool]
+    session: Session, plan: PreviewPlan, selection: ColumnElement[bool], *, bulk: bool = False
 ) -> Select[Any]:
     """One row per selected vehicle: id, VIN, model, model year, fuel type, region, the
-    reason code and how many of the updates it takes."""
+    reason code and how many of the updates it takes.
+
+    `bulk` (PostgreSQL; for a selection of much of the fleet): each update's ECUs are read in
+    one pass over all ECUs of its type, grouped by vehicle and joined to the vehicles, instead
+    of one indexed lookup per vehicle. The same rows; at a million vehicles the grouped pass
+    takes half the time (sorted and merge-joined, as the campaign launch asks the planner
+    for), on a small selection it reads far more than it needs."""
     columns: list[Any] = [
         Vehicle.id.label("vehicle_id"),
         Vehicle.vin,
@@ -394,10 +410,10 @@ def vehicle_query(
     postgres = is_postgresql(session.get_bind().dialect)
     laterals = []
     for update in plan.updates:
-        stage, joined = _stage_before_dependencies(plan, update, postgres)
+        stage, joined, on = _stage_before_dependencies(plan, update, postgres, bulk)
         columns.append(stage.label(f"s{update.id}"))
         if joined is not None:
-            laterals.append(joined)
+            laterals.append((joined, on))
         for k, (rule, satisfying) in enumerate(
             zip(update.dependencies, plan.dependency_versions[update.id], strict=True)
         ):
@@ -407,8 +423,8 @@ def vehicle_query(
                 )
             )
     rows = select(*columns).select_from(Vehicle)
-    for joined in laterals:
-        rows = rows.join(joined, true())
+    for joined, on in laterals:
+        rows = rows.outerjoin(joined, on) if bulk else rows.join(joined, on)
     rows = rows.where(selection)
     per_vehicle: Any = (
         rows.subquery("per_vehicle")
