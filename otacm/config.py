@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     vehicle_poll_active: timedelta = Field(default=timedelta(seconds=30), gt=timedelta(0))
     vehicle_poll_idle: timedelta = Field(default=timedelta(minutes=15), gt=timedelta(0))
     vehicle_poll_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # How often each server process brings its idle-poll index (credentials and which vehicles
+    # may have work, in memory) up to date: new work and revocations take effect within about
+    # this long (docs/vehicle-api.md). Zero turns the index off: every poll asks the database.
+    vehicle_index_refresh: timedelta = Field(default=timedelta(seconds=1), ge=timedelta(0))
     # The header in which a TLS terminator passes a verified client certificate's subject
     # (`CN=<VIN>`); empty: vehicles authenticate with their bearer credential only.
     vehicle_cert_header: str = ""

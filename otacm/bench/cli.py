@@ -133,7 +133,9 @@ def bench_vehicle_api(
     ],
     workers: Annotated[int, typer.Option(min=1, help="uvicorn workers of each server.")] = 2,
     seconds: Annotated[float, typer.Option(min=1, help="Measured load per endpoint.")] = 15,
-    sample: Annotated[int, typer.Option(min=1, help="Idle vehicles polled round-robin.")] = 20_000,
+    sample: Annotated[
+        int, typer.Option(min=1, help="Idle vehicles picked at random, polled round-robin.")
+    ] = 200_000,
     record: RecordOption = None,
 ) -> None:
     """Idle vehicle polls vs a bare FastAPI endpoint, same workers, same load generator."""

@@ -2,7 +2,8 @@
 
 `identify` is one query: the credential's vehicle and whether that vehicle has work (a
 deployment unfinished in an open wave). The poll uses the second half to answer an idle vehicle
-without a transaction that writes; other calls ignore it.
+without a transaction that writes; other calls ignore it. Before that, the poll asks the
+process's idle-poll index (`idle.py`), which answers most idle vehicles without any query.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from otacm.config import Settings
 from otacm.errors import OtacmError
 from otacm.fleet.models import Vehicle
 from otacm.vehicle_api.credentials import hash_token
+from otacm.vehicle_api.idle import IdleIndex
 from otacm.vehicle_api.models import VehicleCredential, VehicleSecurityEvent
 
 log = logging.getLogger("otacm.vehicle_api")
@@ -148,21 +150,29 @@ class FastIdentifier:
 
     The pool is opened by the app's lifespan on the loop that serves requests (one per uvicorn
     worker) and used only there; a request on any other loop (a test client that was never
-    started) takes the SQLite way."""
+    started) takes the SQLite way. The lifespan also starts the idle-poll index's refresh
+    (`index`, both engines); its arrays are plain memory, read from any thread."""
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        self.pool: AsyncConnectionPool | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.index = IdleIndex(engine, settings)
+        # One pool per loop that started the app: uvicorn has one; tests may start the same
+        # app from several test clients, each on its own loop.
+        self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool] = {}
+        self._index_loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        if self.engine.dialect.name != "postgresql":
+        loop = asyncio.get_running_loop()
+        if self._index_loop is None and self.index.enabled:
+            await self.index.start()
+            self._index_loop = loop
+        if self.engine.dialect.name != "postgresql" or loop in self._pools:
             return
         conninfo = self.engine.url.set(drivername="postgresql").render_as_string(
             hide_password=False
         )
-        self.pool = AsyncConnectionPool(
+        pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
             max_size=8,
@@ -170,17 +180,21 @@ class FastIdentifier:
             # Prepared at once: the statements are all this pool ever runs.
             kwargs={"prepare_threshold": 0, "autocommit": True},
         )
-        await self.pool.open()
-        self.loop = asyncio.get_running_loop()
+        await pool.open()
+        self._pools[loop] = pool
 
     async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = self.loop = None
+        loop = asyncio.get_running_loop()
+        if self._index_loop is loop:
+            await self.index.close()
+            self._index_loop = None
+        pool = self._pools.pop(loop, None)
+        if pool is not None:
+            await pool.close()
 
     async def identify(self, request: Request) -> tuple[VehicleIdentity | None, int | None]:
-        pool = self.pool
-        if pool is None or self.loop is not asyncio.get_running_loop():
+        pool = self._pools.get(asyncio.get_running_loop())
+        if pool is None:
             return await run_in_threadpool(self._identify_sync, request)
         query, value = self._lookup(request)
         if query is None:
@@ -194,6 +208,15 @@ class FastIdentifier:
         if revoked:
             return None, vehicle_id
         return VehicleIdentity(vehicle_id, vin, bool(has_work)), None
+
+    def idle_from_memory(self, request: Request) -> bool:
+        """Whether the index knows the caller as a vehicle with nothing to do (its answer is
+        204); False: ask `identify`."""
+        header = self.settings.vehicle_cert_header
+        if header and request.headers.get(header):
+            return False  # identified by its certificate's VIN, which only the database maps
+        token = bearer_token(request)
+        return token is not None and self.index.is_idle(token)
 
     def identify_sync(self, request: Request) -> tuple[VehicleIdentity | None, int | None]:
         """For handlers already in a worker thread."""

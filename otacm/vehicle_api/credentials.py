@@ -1,8 +1,12 @@
 """Vehicle credentials and keys: issued at provisioning, checked on every vehicle request.
 
-A credential is `otv_` and 43 characters of base64url: 256 random bits. Only its SHA-256 is
-stored. A slow password hash would cost every poll tens of milliseconds, and a 256-bit random
-secret cannot be guessed or looked up in a dictionary, so one fast hash is the right tool.
+A credential is `otv_<vehicle id>_<secret>`: the vehicle's registry id in decimal, then 43
+characters of base64url, 256 random bits. Only the SHA-256 of the whole token is stored. A slow
+password hash would cost every poll tens of milliseconds, and a 256-bit random secret cannot be
+guessed or looked up in a dictionary, so one fast hash is the right tool. The id is not secret:
+it tells the server where to look, so that an idle poll is answered from an array indexed by
+vehicle id (`idle.py`) instead of a database lookup. Credentials of the earlier format, `otv_`
+and the 43 characters alone, are still accepted (they are looked up by hash in the database).
 Issuing a credential revokes the vehicle's earlier ones.
 
 With `keys=True` provisioning also makes the vehicle's key pairs (docs/vehicle-api.md): an
@@ -33,6 +37,8 @@ from otacm.security.audit import Actor
 from otacm.vehicle_api.models import VehicleCredential, VehicleOtaState
 
 TOKEN_PREFIX = "otv_"
+# Characters of base64url that 32 random bytes make (secrets.token_urlsafe(32)).
+SECRET_CHARS = 43
 
 
 class VehicleNotFound(NotFound):
@@ -40,11 +46,28 @@ class VehicleNotFound(NotFound):
 
 
 def hash_token(token: str) -> str:
+    """What the database stores: the SHA-256 of the whole token, in hex."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+def new_token(vehicle_id: int) -> str:
+    return f"{TOKEN_PREFIX}{vehicle_id}_{secrets.token_urlsafe(32)}"
+
+
+def token_vehicle_id(token: str) -> int | None:
+    """The vehicle id a token of the current format names; None for any other string (an
+    earlier-format token, whose secret may itself contain `_`, is exactly 47 characters and
+    never parses). Says nothing about whether the token is valid."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    digits = token[len(TOKEN_PREFIX) : -SECRET_CHARS - 1]
+    # At most 18 digits, far beyond any fleet: never the long digit string a caller could send
+    # to make int() slow (or raise, past Python's conversion limit).
+    if not (0 < len(digits) <= 18 and digits.isascii() and digits.isdigit()):
+        return None
+    if token[-SECRET_CHARS - 1] != "_":
+        return None
+    return int(digits)
 
 
 def _b64(raw: bytes) -> str:
@@ -135,7 +158,7 @@ def provision(
     ecus = _ecus_of(session, ids)
     records: list[Provisioned] = []
     for vehicle in vehicles:
-        token = new_token()
+        token = new_token(vehicle.id)
         session.add(
             VehicleCredential(
                 vehicle_id=vehicle.id,

@@ -35,6 +35,10 @@ director_router = APIRouter(prefix="/tuf/director", tags=["director repository"]
 
 POLLS = Counter("otacm_vehicle_polls_total", "Vehicle polls by answer", ["answer"])
 IDLE_POLLS = POLLS.labels("idle")
+IDLE_FROM_MEMORY = Counter(
+    "otacm_vehicle_idle_polls_from_memory_total",
+    "Idle polls answered by the process's index, without a database query",
+)
 VEHICLE_EVENTS = Counter(
     "otacm_vehicle_events_total", "Deployment events from vehicles by outcome", ["outcome"]
 )
@@ -86,25 +90,29 @@ def _known(
     },
 )
 async def get_updates(request: Request) -> Response:
-    # Async, with no dependencies to resolve in worker threads: an idle poll is one awaited
-    # query and an answer.
+    # Async, with no dependencies to resolve in worker threads: an idle poll is answered from
+    # the process's index when it can, else it is one awaited query and an answer.
     settings: Settings = request.app.state.settings
     identifier: FastIdentifier = request.app.state.vehicle_identifier
+    if identifier.idle_from_memory(request):
+        IDLE_FROM_MEMORY.inc()
+        return _idle(settings)
     found, revoked = await identifier.identify(request)
     if found is None:
         await run_in_threadpool(_known, request, found, revoked)  # raises: not a vehicle
     assert found is not None
     identity = found
     if not identity.has_work:
-        IDLE_POLLS.inc()
-        return Response(
-            status_code=204,
-            headers={
-                POLL_AFTER: str(polling.poll_after(settings, False)),
-                "Cache-Control": NO_STORE,
-            },
-        )
+        return _idle(settings)
     return await run_in_threadpool(_poll_with_work, request, settings, identity)
+
+
+def _idle(settings: Settings) -> Response:
+    IDLE_POLLS.inc()
+    return Response(
+        status_code=204,
+        headers={POLL_AFTER: str(polling.poll_after(settings, False)), "Cache-Control": NO_STORE},
+    )
 
 
 def _poll_with_work(request: Request, settings: Settings, identity: VehicleIdentity) -> Response:

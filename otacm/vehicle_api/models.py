@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from otacm.db import Base, JSONDocument, UTCDateTime
@@ -14,10 +14,21 @@ from otacm.fleet.models import BigId
 
 
 class VehicleCredential(Base):
-    """A vehicle's bearer credential, kept only as the SHA-256 of its secret."""
+    """A vehicle's bearer credential, kept only as the SHA-256 of the token."""
 
     __tablename__ = "vehicle_credentials"
-    __table_args__ = (Index("ix_vehicle_credentials_vehicle", "vehicle_id"),)
+    __table_args__ = (
+        Index("ix_vehicle_credentials_vehicle", "vehicle_id"),
+        # The idle-poll index reads what was issued or revoked since its last look, each second
+        # (`idle.py`); the second index holds only the revoked rows.
+        Index("ix_vehicle_credentials_issued", "issued_at"),
+        Index(
+            "ix_vehicle_credentials_revoked",
+            "revoked_at",
+            postgresql_where=text("revoked_at IS NOT NULL"),
+            sqlite_where=text("revoked_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     vehicle_id: Mapped[int] = mapped_column(BigId)

@@ -32,8 +32,17 @@ from otacm.vehicle_api.polling import update_key_context
 from tests.vehicle_api.conftest import FIRMWARE, Ota
 
 
+def refresh_index(ota: Ota) -> None:
+    """One refresh of the started app's idle-poll index: it knows what the database says now
+    (as it would within one OTACM_VEHICLE_INDEX_REFRESH)."""
+    index = ota.app_client.app.state.vehicle_identifier.index  # type: ignore[attr-defined]
+    assert ota.app_client.portal is not None
+    ota.app_client.portal.call(index.refresh)
+
+
 def open_waves(ota: Ota) -> None:
     tick(make_write_session_factory(ota.engine), utcnow())
+    refresh_index(ota)
 
 
 def event(name: str, attempt: int = 1, **fields: Any) -> dict[str, Any]:
@@ -303,6 +312,7 @@ def test_a_revoked_credential_is_refused_and_recorded_and_a_new_one_works(ota: O
     vin = ota.vins[3]
     with unit_of_work(make_session_factory(ota.engine)) as session:
         assert credentials.revoke(session, SYSTEM, vin, utcnow()) == 1
+    refresh_index(ota)
     revoked = ota.vehicle(vin).get("/vehicle/v1/updates")
     assert revoked.status_code == 401
     assert served(ota, vin, "/vehicle/v1/updates").status_code == 401
