@@ -188,6 +188,7 @@ def _register() -> None:
     from otacm.notifications.cli import webhooks_app
     from otacm.security.cli import audit_app, tokens_app, users_app
     from otacm.security.tuf.cli import keys_app
+    from otacm.simulator.cli import simulate
     from otacm.targeting.cli import targeting_app
     from otacm.updates.cli import updates_app
 
@@ -203,6 +204,7 @@ def _register() -> None:
     app.add_typer(campaigns_app, name="campaigns")
     app.add_typer(webhooks_app, name="webhooks")
     app.command()(demo)
+    app.command()(simulate)
 
 
 _register()

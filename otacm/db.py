@@ -6,6 +6,7 @@ migrations. Bulk paths pick each engine's fast path through `is_postgresql`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -87,6 +88,7 @@ def _normalise_url(url: str) -> str:
 
 # SQLite page cache per connection, in KiB.
 SQLITE_CACHE_KIB = 65_536
+SQLITE_BUSY_TIMEOUT_S = 30
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -94,7 +96,7 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
     # Large imports sort and index on disk, not in RAM.
     cursor.execute("PRAGMA temp_store=FILE")
     cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
@@ -113,6 +115,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         # transaction really spans the whole unit of work.
         event.listen(engine, "connect", _disable_pysqlite_autobegin)
         event.listen(engine, "begin", _sqlite_begin)
+        for ending in ("commit", "rollback"):
+            event.listen(engine, ending, _sqlite_end)
+        event.listen(engine, "checkin", _sqlite_checkin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
@@ -122,11 +127,48 @@ def _disable_pysqlite_autobegin(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
 
 
+# Writers of one process queue on this lock rather than on SQLite's: a thread waiting for
+# SQLite's write lock sleeps in growing steps (up to 100 ms) and misses the moments it is free,
+# so forty request threads writing at once would finish a handful of transactions a second.
+_SQLITE_WRITERS: dict[str, threading.Lock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+_HOLDS_WRITER_LOCK = "otacm_sqlite_writer_lock"
+
+
+def _writer_lock(url: str) -> threading.Lock:
+    with _SQLITE_WRITERS_GUARD:
+        return _SQLITE_WRITERS.setdefault(url, threading.Lock())
+
+
 def _sqlite_begin(conn: Any) -> None:
     # Writers that read before they write (the importer) ask for IMMEDIATE, so that no other
     # writer can slip in between and turn their write into SQLITE_BUSY.
     mode = conn.get_execution_options().get("sqlite_begin", "")
-    conn.exec_driver_sql(f"BEGIN {mode}".strip())
+    if mode == "IMMEDIATE" and _HOLDS_WRITER_LOCK not in conn.info:
+        lock = _writer_lock(str(conn.engine.url))
+        if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_S):
+            raise TimeoutError("the embedded database stayed locked by another writer")
+        conn.info[_HOLDS_WRITER_LOCK] = lock
+    try:
+        conn.exec_driver_sql(f"BEGIN {mode}".strip())
+    except BaseException:
+        _release_writer(conn.info)
+        raise
+
+
+def _release_writer(info: dict[str, Any]) -> None:
+    lock = info.pop(_HOLDS_WRITER_LOCK, None)
+    if lock is not None:
+        lock.release()
+
+
+def _sqlite_end(conn: Any) -> None:
+    _release_writer(conn.info)
+
+
+def _sqlite_checkin(_dbapi_connection: Any, record: Any) -> None:
+    # A transaction ended by the pool's reset (a closed connection) ends here.
+    _release_writer(record.info)
 
 
 def engine_from_settings(settings: Settings) -> Engine:

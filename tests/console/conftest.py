@@ -34,9 +34,11 @@ def cheap_argon2(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
-    """One Chromium for every browser test (Playwright's sync API runs one at a time)."""
+    """One Chromium for every browser test (Playwright's sync API runs one at a time). Closed
+    when the console's tests end: while Playwright's sync API is alive it holds the main
+    thread's event loop, and later tests that run their own (`asyncio.run`) would fail."""
     yield from launched_browser()
 
 
