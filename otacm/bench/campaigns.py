@@ -215,8 +215,6 @@ def _bench_progress(
     engine: Engine, report: Report, label: str, campaign_id: int, deployments: int
 ) -> None:
     """`GET /api/v1/campaigns/{id}`'s body, built in process, against the scan it replaces."""
-    from otacm.campaigns.endpoints import _out
-
     read = make_session_factory(engine)
 
     def scan() -> None:
@@ -229,7 +227,7 @@ def _bench_progress(
 
     def progress() -> None:
         with read() as session:
-            _out(session, service.get(session, campaign_id))
+            service.detail(session, service.get(session, campaign_id))
 
     progress()  # warm the caches both ways
     scan()

@@ -9,8 +9,8 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from otacm.campaigns import children, launch, ledger, operations, progress, report, service
-from otacm.campaigns.models import Campaign, CampaignWave, Deployment, DeploymentEventRecord
+from otacm.campaigns import children, launch, operations, report, service
+from otacm.campaigns.models import Campaign, Deployment, DeploymentEventRecord
 from otacm.campaigns.schemas import (
     CampaignCreate,
     CampaignFields,
@@ -26,7 +26,6 @@ from otacm.campaigns.schemas import (
     Operation,
     Rejection,
     RetryRequest,
-    WaveOut,
 )
 from otacm.campaigns.states import DeploymentState
 from otacm.config import Settings
@@ -41,38 +40,6 @@ from otacm.security.permissions import Permission
 router = APIRouter(prefix="/api/v1", tags=["campaigns"])
 
 
-def _out(session: Session, campaign: Campaign) -> CampaignOut:
-    body = service.out(campaign, service.update_ids_of(session, [campaign.id])[campaign.id])
-    if campaign.launched_at is None:
-        return body
-    per_wave: dict[int, dict[str, int]] = {}
-    for (wave, state, code), count in ledger.counts(session, campaign.id).items():
-        in_wave = per_wave.setdefault(wave, {})
-        in_wave[state] = in_wave.get(state, 0) + count
-        body.states[state] = body.states.get(state, 0) + count
-        if code is not None:
-            body.failure_codes[code] = body.failure_codes.get(code, 0) + count
-    body.deployments = sum(body.states.values())
-    body.progress = progress.summary(
-        campaign, body.states, utcnow(), retrying=ledger.retrying(session, campaign.id)
-    )
-    body.waves = [
-        WaveOut(
-            number=w.number,
-            size=w.size,
-            opened_at=w.opened_at,
-            completed_at=w.completed_at,
-            states=per_wave.get(w.number, {}),
-        )
-        for w in session.scalars(
-            select(CampaignWave)
-            .where(CampaignWave.campaign_id == campaign.id)
-            .order_by(CampaignWave.number)
-        )
-    ]
-    return body
-
-
 @router.post("/campaigns", response_model=CampaignOut, status_code=201)
 def create_campaign(
     data: CampaignCreate,
@@ -81,7 +48,7 @@ def create_campaign(
 ) -> CampaignOut:
     """Define a campaign as a draft: released updates, target selection, regions, schedule,
     priority, consent, the user notice and the rollout policy."""
-    return _out(session, service.create(session, principal.actor, data))
+    return service.detail(session, service.create(session, principal.actor, data))
 
 
 @router.get("/campaigns", response_model=CampaignPage)
@@ -113,7 +80,7 @@ def get_campaign(
     session: SessionDep,
     _: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_READ))],
 ) -> CampaignOut:
-    return _out(session, service.get(session, campaign_id))
+    return service.detail(session, service.get(session, campaign_id))
 
 
 @router.patch("/campaigns/{campaign_id}", response_model=CampaignOut)
@@ -124,7 +91,7 @@ def edit_campaign(
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
 ) -> CampaignOut:
     """Change the fields sent; a rejected campaign becomes a draft again."""
-    return _out(session, service.edit(session, principal.actor, campaign_id, changes))
+    return service.detail(session, service.edit(session, principal.actor, campaign_id, changes))
 
 
 @router.post("/campaigns/{campaign_id}/submit", response_model=CampaignOut)
@@ -134,7 +101,7 @@ def submit_campaign(
     principal: Annotated[Principal, Depends(require(Permission.CAMPAIGNS_WRITE))],
 ) -> CampaignOut:
     """Ask another campaign manager to approve it."""
-    return _out(session, service.submit(session, principal.actor, campaign_id))
+    return service.detail(session, service.submit(session, principal.actor, campaign_id))
 
 
 def _decided(
@@ -153,7 +120,7 @@ def _decided(
         comment=comment,
         four_eyes=settings.campaign_four_eyes,
     )
-    return _out(session, campaign)
+    return service.detail(session, campaign)
 
 
 @router.post("/campaigns/{campaign_id}/approve", response_model=CampaignOut)
@@ -198,7 +165,7 @@ def launch_campaign(
         expected_vehicles=body.expected_vehicles,
         margin=settings.campaign_launch_margin,
     )
-    return _out(session, campaign)
+    return service.detail(session, campaign)
 
 
 @router.get("/campaigns/{campaign_id}/deployments", response_model=DeploymentPage)
@@ -326,7 +293,7 @@ def retry_failed_campaign(
     child = children.retry_failed(
         session, principal.actor, campaign_id, failure_code=body.failure_code, comment=body.comment
     )
-    return _out(session, child)
+    return service.detail(session, child)
 
 
 @router.post("/campaigns/{campaign_id}/rollback", response_model=CampaignOut, status_code=201)
@@ -339,7 +306,9 @@ def rollback_campaign(
     """A draft child campaign taking the vehicles that succeeded back to each update's
     rollback version (released again with a higher release counter)."""
     comment = body.comment if body else ""
-    return _out(session, children.rollback(session, principal.actor, campaign_id, comment))
+    return service.detail(
+        session, children.rollback(session, principal.actor, campaign_id, comment)
+    )
 
 
 def _operate(name: str, summary: str) -> None:
@@ -352,7 +321,7 @@ def _operate(name: str, summary: str) -> None:
         operate = getattr(operations, name.replace("-", "_"))
         result = operate(session, principal.actor, campaign_id, body.comment if body else "")
         campaign = result[0] if isinstance(result, tuple) else result
-        return _out(session, campaign)
+        return service.detail(session, campaign)
 
     handler.__name__ = f"{name.replace('-', '_')}_campaign"
     router.post(f"/campaigns/{{campaign_id}}/{name}", response_model=CampaignOut, summary=summary)(

@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from otacm.campaigns.models import Campaign, CampaignUpdate
+from otacm.campaigns import ledger, progress
+from otacm.campaigns.models import Campaign, CampaignUpdate, CampaignWave
 from otacm.campaigns.policy import RolloutPolicy
 from otacm.campaigns.schemas import (
     SAFETY_CATEGORIES,
@@ -26,6 +27,7 @@ from otacm.campaigns.schemas import (
     CampaignState,
     Urgency,
     UserNotice,
+    WaveOut,
 )
 from otacm.db import is_postgresql, utcnow
 from otacm.errors import Conflict, NotFound, ValidationFailed
@@ -266,6 +268,40 @@ def decide(
     )  # fmt: skip
     session.flush()
     return campaign
+
+
+def detail(session: Session, campaign: Campaign, *, figures: bool = True) -> CampaignOut:
+    """The campaign as the API and the console show it: with `figures`, once launched, its
+    deployments per state, wave and failure code from the ledger's tallies, and its progress."""
+    body = out(campaign, update_ids_of(session, [campaign.id])[campaign.id])
+    if not figures or campaign.launched_at is None:
+        return body
+    per_wave: dict[int, dict[str, int]] = {}
+    for (wave, state, code), count in ledger.counts(session, campaign.id).items():
+        in_wave = per_wave.setdefault(wave, {})
+        in_wave[state] = in_wave.get(state, 0) + count
+        body.states[state] = body.states.get(state, 0) + count
+        if code is not None:
+            body.failure_codes[code] = body.failure_codes.get(code, 0) + count
+    body.deployments = sum(body.states.values())
+    body.progress = progress.summary(
+        campaign, body.states, utcnow(), retrying=ledger.retrying(session, campaign.id)
+    )
+    body.waves = [
+        WaveOut(
+            number=w.number,
+            size=w.size,
+            opened_at=w.opened_at,
+            completed_at=w.completed_at,
+            states=per_wave.get(w.number, {}),
+        )
+        for w in session.scalars(
+            select(CampaignWave)
+            .where(CampaignWave.campaign_id == campaign.id)
+            .order_by(CampaignWave.number)
+        )
+    ]
+    return body
 
 
 def out(campaign: Campaign, update_ids: list[int]) -> CampaignOut:

@@ -49,7 +49,7 @@ COUNTED = frozenset({CampaignState.PENDING_APPROVAL, CampaignState.APPROVED})
 
 
 def out(session: Session, campaign: Campaign) -> CampaignOut:
-    return service.out(campaign, service.update_ids_of(session, [campaign.id])[campaign.id])
+    return service.detail(session, campaign, figures=False)
 
 
 def exact_count(session: Session, campaign: CampaignOut) -> tuple[PreviewOut | None, str | None]:

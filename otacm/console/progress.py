@@ -13,13 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import State
 
-from otacm.campaigns import ledger
-from otacm.campaigns import progress as campaign_progress
-from otacm.campaigns.models import Campaign, CampaignWave
+from otacm.campaigns import service
+from otacm.campaigns.models import Campaign
 from otacm.campaigns.schemas import ProgressOut
 from otacm.console.charts import grouped
 from otacm.db import utcnow
@@ -49,44 +47,19 @@ class Figures:
 
 
 def figures(session: Session, campaign: Campaign, *, waves: bool = False) -> Figures:
-    """Deployments per state, group, failure code (and wave), with the progress summary."""
-    states: dict[str, int] = {}
-    codes: dict[str, int] = {}
-    per_wave: dict[int, dict[str, int]] = {}
-    if campaign.launched_at is not None:
-        for (wave, state, code), count in ledger.counts(session, campaign.id).items():
-            states[state] = states.get(state, 0) + count
-            in_wave = per_wave.setdefault(wave, {})
-            in_wave[state] = in_wave.get(state, 0) + count
-            if code is not None:
-                codes[code] = codes.get(code, 0) + count
-    summary = None
-    if campaign.launched_at is not None:
-        summary = campaign_progress.summary(
-            campaign, states, utcnow(), retrying=ledger.retrying(session, campaign.id)
-        )
-    rows: list[WaveRow] = []
-    if waves:
-        for w in session.scalars(
-            select(CampaignWave)
-            .where(CampaignWave.campaign_id == campaign.id)
-            .order_by(CampaignWave.number)
-        ):
-            rows.append(
-                WaveRow(
-                    w.number,
-                    w.size,
-                    w.opened_at,
-                    w.completed_at,
-                    grouped(per_wave.get(w.number, {})),
-                )
-            )
+    """Deployments per state, group, failure code (and wave), with the progress summary: the
+    API's figures (`campaigns.service.detail`), grouped for the page."""
+    body = service.detail(session, campaign)
+    rows = [
+        WaveRow(w.number, w.size, w.opened_at, w.completed_at, grouped(w.states))
+        for w in (body.waves if waves else [])
+    ]
     return Figures(
-        total=sum(states.values()),
-        states=states,
-        groups=grouped(states),
-        failure_codes=dict(sorted(codes.items(), key=lambda item: -item[1])),
-        summary=summary,
+        total=body.deployments,
+        states=body.states,
+        groups=grouped(body.states),
+        failure_codes=dict(sorted(body.failure_codes.items(), key=lambda item: -item[1])),
+        summary=body.progress,
         waves=rows,
     )
 
