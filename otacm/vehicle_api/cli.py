@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 
 from otacm.cli import DatabaseOption, cli_actor, cli_session
 from otacm.db import utcnow
+from otacm.files import write_private_file
 from otacm.fleet.models import Vehicle
 from otacm.vehicle_api import credentials
 
@@ -69,18 +70,29 @@ def issue_credentials(
     if vin is not None:
         with cli_session(database_url, write=True) as session:
             record = credentials.provision_vin(session, actor, vin, now, keys=keys)
-        text = json.dumps(record.as_json())
+            text = json.dumps(record.as_json())
+            if out is not None:
+                # Written before the commit: a file that cannot be written issues nothing.
+                try:
+                    write_private_file(out, (text + "\n").encode(), replace=True)
+                except OSError as exc:
+                    raise typer.BadParameter(
+                        f"cannot write {out}: {exc.strerror}", param_hint="--out"
+                    ) from None
         if out is None:
             typer.echo(text)
-        else:
-            _write_atomically(out, [text])
         return
     assert out is not None
     wanted = _vins_from(vin_file) if vin_file is not None else None
     written = 0
     tmp = out.with_name(f".{out.name}.partial")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot write {out}: {exc.strerror}", param_hint="--out"
+        ) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             with cli_session(database_url, write=True) as session:
@@ -122,15 +134,6 @@ def issue_credentials(
         tmp.unlink(missing_ok=True)
         raise
     console.print(f"{written:,} vehicle credentials issued into {out}")
-
-
-def _write_atomically(out: Path, lines: list[str]) -> None:
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        stream.write("\n".join(lines) + "\n")
-    os.replace(tmp, out)
 
 
 def revoke_credentials(vin: str, database_url: DatabaseOption = None) -> None:
