@@ -122,6 +122,13 @@ class VehicleDirector(MetadataRepository):
         by_deployment = steps_for(session, [(d, updates[d.campaign_id]) for d in deployments])
         return [step for d in deployments for step in by_deployment[d.id]]
 
+    def current(self, session: Session, steps: Sequence[Step], now: datetime | None = None) -> bool:
+        """Whether the metadata already says `steps` and is fresh: `sync` would sign nothing.
+        A read, so that a vehicle's refresh takes no write lock when nothing changed."""
+        return not self._stale(
+            session, desired_targets(steps), _custom(self.vin, steps), _clock(now)
+        )
+
     def sync(
         self, session: Session, keys: KeyStore, steps: Sequence[Step], now: datetime | None = None
     ) -> list[str]:

@@ -194,8 +194,13 @@ def director_metadata(vin: str, filename: str, request: Request, settings: Setti
             media_type="application/json",
         )
     repository = VehicleDirector(identity.vin, settings)
-    if filename == "timestamp.json":
-        # The client's refresh starts here: what the metadata says is brought up to date first.
+    with unit_of_work(_reader(request)) as session:
+        # The client's refresh starts at the timestamp: what the metadata says is brought up
+        # to date first, in a transaction that writes only when something must be signed.
+        current = filename != "timestamp.json" or repository.current(
+            session, repository.assignment(session, identity.vehicle_id)
+        )
+    if not current:
         with unit_of_work(_writer(request)) as session:
             steps = repository.assignment(session, identity.vehicle_id)
             repository.sync(session, KeyStore.from_settings(settings), steps)
