@@ -151,9 +151,14 @@ def _set_confidential(
         )
 
 
+def key_context(update_id: int) -> bytes:
+    """What an update's wrapped data key is bound to, under the server key and when wrapped
+    for a vehicle (docs/vehicle-api.md): a key copied to another update does not unwrap."""
+    return f"otacm-update:{update_id}".encode()
+
+
 def _key_context(update: SoftwareUpdate) -> bytes:
-    # Binds a wrapped data key to its update: a key copied to another row does not unwrap.
-    return f"otacm-update:{update.id}".encode()
+    return key_context(update.id)
 
 
 def data_key_of(update: SoftwareUpdate, settings: Settings) -> bytes | None:

@@ -32,7 +32,7 @@ from otacm.fleet.models import Vehicle
 from otacm.security import encryption
 from otacm.updates.models import SoftwareUpdate
 from otacm.updates.schemas import Preconditions
-from otacm.updates.service import data_key_of
+from otacm.updates.service import data_key_of, key_context
 from otacm.vehicle_api import notices
 from otacm.vehicle_api.assignment import Step, steps_for
 
@@ -43,11 +43,6 @@ def poll_after(settings: Settings, active: bool, rng: random.Random | None = Non
     jitter = settings.vehicle_poll_jitter
     spread = (rng or random).uniform(1 - jitter, 1 + jitter)
     return max(1, round(base * spread))
-
-
-def update_key_context(update_id: int) -> bytes:
-    """What a data key wrapped for a vehicle is bound to (docs/vehicle-api.md)."""
-    return f"otacm-update:{update_id}".encode()
 
 
 def _preconditions(updates: Sequence[SoftwareUpdate]) -> dict[str, Any]:
@@ -95,7 +90,7 @@ class _Wrapper:
         if data_key is None:
             return None
         return encryption.wrap_for_vehicle(
-            data_key, self.vehicle_key, context=update_key_context(update_id)
+            data_key, self.vehicle_key, context=key_context(update_id)
         )
 
 

@@ -25,10 +25,10 @@ from otacm.db import make_session_factory, make_write_session_factory, unit_of_w
 from otacm.fleet.models import Ecu, EcuHistory, Vehicle
 from otacm.security import encryption
 from otacm.security.audit import SYSTEM
+from otacm.updates.service import key_context as update_key_context
 from otacm.vehicle_api import credentials
 from otacm.vehicle_api.manifest import canonical_bytes
 from otacm.vehicle_api.models import CustomerNotice, VehicleSecurityEvent
-from otacm.vehicle_api.polling import update_key_context
 from tests.vehicle_api.conftest import FIRMWARE, Ota
 
 
