@@ -37,6 +37,7 @@ from rich.live import Live
 from rich.table import Table
 from sqlalchemy import Engine, select
 
+from otacm.campaigns.states import TERMINAL, DeploymentState
 from otacm.config import Settings
 from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade, utcnow
 from otacm.fleet.cli import print_report
@@ -55,7 +56,6 @@ DEMO_TIMEOUT_S = 150
 FIRMWARE_BYTES = 256 * 1024
 # The campaign's markets: enough vehicles for three waves, few enough for two minutes.
 SELECTION = {"regions": ["EU", "NA"]}
-TERMINAL = ("succeeded", "failed", "declined", "cancelled", "expired", "rolled_back", "timed_out")
 
 console = Console()
 
@@ -361,10 +361,10 @@ def _settled(campaign: dict[str, Any]) -> bool:
     if not waves or any(w.get("opened_at") is None for w in waves):
         return False
     states = campaign.get("states", {})
-    busy = sum(n for s, n in states.items() if s not in (*TERMINAL, "postponed"))
-    retries = (campaign.get("progress") or {}).get("remaining", 0) - sum(
-        n for s, n in states.items() if s not in TERMINAL
-    )
+    unfinished = sum(n for s, n in states.items() if s not in TERMINAL)
+    busy = unfinished - states.get(DeploymentState.POSTPONED, 0)
+    # `remaining` counts the unfinished and the failures a retry will come for.
+    retries = (campaign.get("progress") or {}).get("remaining", 0) - unfinished
     return bool(busy == 0 and retries <= 0)
 
 
