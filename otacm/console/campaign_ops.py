@@ -153,11 +153,22 @@ def _confirm_page(
     errors: FormErrors,
     status: int = 200,
     comment: str = "",
+    counted: bool = True,
 ) -> HTMLResponse:
     if operation not in OPERATIONS:
         raise NotFound(f"there is no campaign operation {operation!r}")
     campaign = service.get(session, campaign_id)
-    found = effect(session, campaign, operation)
+    # A launch's count is a targeting preview (seconds on a large fleet): unless `counted`, the
+    # page shows itself and fetches its count and form after (or links to them without script).
+    found: Effect | None = None
+    count_error: str | None = None
+    if counted or operation != "launch":
+        try:
+            found = effect(session, campaign, operation)
+        except ValidationFailed as exc:
+            if not request.headers.get("HX-Request"):
+                raise
+            count_error = exc.detail  # htmx swaps only successful answers
     codes = _retryable(session, campaign) if operation == "retry-failed" else {}
     return render(
         request,
@@ -166,6 +177,7 @@ def _confirm_page(
         campaign=campaign,
         operation=operation,
         effect=found,
+        count_error=count_error,
         failure_codes=codes,
         failure_code_options=[(code, f"{code} ({n:,} vehicles)") for code, n in codes.items()],
         errors=errors,
@@ -181,7 +193,8 @@ def confirm(
     session: ConsoleSession,
     _: Annotated[Principal, Depends(can_view(Permission.CAMPAIGNS_WRITE))],
 ) -> HTMLResponse:
-    return _confirm_page(request, session, campaign_id, operation, {})
+    counted = request.query_params.get("counted") == "1"
+    return _confirm_page(request, session, campaign_id, operation, {}, counted=counted)
 
 
 @router.post("/campaigns/{campaign_id}/operate/{operation}", response_class=HTMLResponse)

@@ -94,42 +94,73 @@ def reason_charts(preview: PreviewOut) -> dict[str, Any]:
     return specs
 
 
-@router.get("/targeting", response_class=HTMLResponse)
-def targeting(
-    request: Request,
-    session: ConsoleSession,
-    _: Annotated[Principal, Depends(can_view(Permission.TARGETING_PREVIEW))],
-) -> HTMLResponse:
+def _targeting_page(request: Request, session: Session, *, compute: bool) -> HTMLResponse:
+    """The targeting page. With updates chosen, the inputs are checked at once; the preview
+    itself reads every selected vehicle (seconds on a large fleet), so unless `compute` the page
+    shows itself first and fetches the preview after (or links to it without JavaScript)."""
     params = request.query_params
     values = selection_form.raw_values(params)
     chosen = [u for u in params.getlist("update") if u]
     allow_downgrade = params.get("allow_downgrade") == "true"
     preview: PreviewOut | None = None
     errors: FormErrors = {}
+    ready = False
     if chosen:
         body, errors = preview_request(chosen, values, allow_downgrade)
         if body is not None:
             try:
-                preview = service.run_preview(session, body)
+                if compute:
+                    preview = service.run_preview(session, body)
+                else:
+                    service.plan_for(session, body)
+                ready = True
             except OtacmError as exc:
                 errors = service_errors(exc, selection_form.FIELDS, prefix="selection.")
                 if exc.extra.get("field") == "update_ids":
                     errors = {"update_ids": exc.detail}
+    context: dict[str, Any] = {
+        "errors": errors,
+        "preview": preview,
+        "ready": ready,
+        "specs": reason_charts(preview) if preview else None,
+        "query": query_string(request),
+    }
+    status_code = 422 if errors else 200
+    if compute and request.headers.get("HX-Request"):
+        # htmx swaps only successful answers; a failed preview shows its reason in the section.
+        return render(request, "_targeting_preview.html", **context)
     return render(
         request,
         "targeting.html",
-        status_code=422 if errors else 200,
+        status_code=status_code,
         updates=released_updates(session),
         chosen=chosen,
         values=values,
         allow_downgrade=allow_downgrade,
         options=selection_form.OPTIONS,
-        errors=errors,
-        preview=preview,
-        specs=reason_charts(preview) if preview else None,
-        query=query_string(request),
         reasons=list(Reason),
+        **context,
     )
+
+
+@router.get("/targeting", response_class=HTMLResponse)
+def targeting(
+    request: Request,
+    session: ConsoleSession,
+    _: Annotated[Principal, Depends(can_view(Permission.TARGETING_PREVIEW))],
+) -> HTMLResponse:
+    return _targeting_page(request, session, compute=False)
+
+
+@router.get("/targeting/preview", response_class=HTMLResponse)
+def targeting_preview(
+    request: Request,
+    session: ConsoleSession,
+    _: Annotated[Principal, Depends(can_view(Permission.TARGETING_PREVIEW))],
+) -> HTMLResponse:
+    """The preview of the targeting page's inputs: the section alone for htmx, else the whole
+    page with the preview in it."""
+    return _targeting_page(request, session, compute=True)
 
 
 @router.get("/targeting/vehicles.csv")

@@ -69,7 +69,9 @@ def _page(
     errors = errors or {}
     preview: PreviewOut | None = None
     count_errors: FormErrors = {}
-    if step == "review" or counted:
+    # The exact count reads every selected vehicle (seconds on a large fleet): the review step
+    # fetches it after showing itself, and computes it in the page only when asked (no script).
+    if counted:
         preview, count_errors = _count(session, values)
     shown = campaign_form.errors_for(step, errors)
     if step == "review":
@@ -87,6 +89,7 @@ def _page(
         all_errors=[(campaign_form.step_of(n), n, m) for n, m in errors.items()],
         preview=preview,
         count_errors=count_errors,
+        counted=counted,
         updates=released_updates(session),
         categories=list(CampaignCategory),
         urgencies=list(Urgency),
@@ -216,7 +219,10 @@ def live_count(
     form: FormDep,
     _: Annotated[Principal, Depends(can_do(Permission.TARGETING_PREVIEW))],
 ) -> HTMLResponse:
-    """The targets step's live count, as the inputs change (htmx)."""
-    values = _values(form, "targets")
+    """The targets step's live count as the inputs change, and the review step's exact count
+    (htmx)."""
+    step = str(form.get("step") or "targets")
+    values = _values(form, step if step in STEPS else "targets")
     preview, errors = _count(session, values)
-    return render(request, "_wizard_count.html", preview=preview, count_errors=errors)
+    template = "_wizard_review_count.html" if step == "review" else "_wizard_count.html"
+    return render(request, template, preview=preview, count_errors=errors, counted=True)

@@ -95,6 +95,7 @@ def test_pages_read_without_javascript(browser: Browser, console_url: str) -> No
     page = context.new_page()
     log_in(page, "carla", TEST_PASSWORD)
     page.goto("/targeting?update=1")
+    page.get_by_role("link", name="Show the preview").click()
     expect(page.get_by_role("rowheader", name="no matching ecu")).to_be_visible()
     page.goto("/campaigns/new?update=1")
     page.get_by_label("Campaign name").fill("No script campaign")

@@ -5,14 +5,17 @@ second manager approves it; it is launched, vehicles update and the progress cha
 without a reload; it is paused and resumed; the report is downloaded; a viewer is offered no
 action. Every screen is saved under test-output/console/.
 
-Vehicles are moved through the services the vehicle API calls (tests/console/vehicles.py).
+The vehicles are the simulator's (`otacm.simulator`): provisioned with `otacm vehicles credentials`,
+they poll, verify, download, install and report over HTTP like real ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,14 +23,20 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import Engine, select
+from typer.testing import CliRunner
 
 from otacm.app import create_app
 from otacm.campaigns import engine as rollout_engine
-from otacm.campaigns.models import Campaign
+from otacm.campaigns.models import Campaign, Deployment
+from otacm.cli import app
 from otacm.config import Settings
 from otacm.console import dashboard
 from otacm.db import make_session_factory, make_write_session_factory, unit_of_work
+from otacm.fleet.models import Ecu
 from otacm.security.tuf.setup import initialise_keys_and_repository
+from otacm.simulator.fleet import Fleet, FleetOptions, FleetResult
+from otacm.simulator.records import read_records
+from otacm.simulator.vehicle import DrivingPattern
 from tests.builders import jsonl, vehicle
 from tests.conftest import TEST_PASSWORD
 from tests.console.browser import (
@@ -42,7 +51,6 @@ from tests.console.browser import (
     screenshot,
 )
 from tests.console.conftest import add_user
-from tests.console.vehicles import update_vehicles
 from tests.live_server import LiveServer, quiet_settings
 
 VEHICLES = 24
@@ -243,8 +251,60 @@ def approve(page: Page, campaign_id: int) -> None:
     log_out(page)
 
 
+class SimulatedFleet:
+    """The import's vehicles, provisioned as a factory would (`otacm vehicles credentials --all
+    --keys`) and run by the simulator over HTTP in a thread of their own (the page keeps the
+    main thread), until every deployment of the campaign has succeeded."""
+
+    def __init__(self, settings: Settings, engine: Engine, url: str, tmp_path: Path) -> None:
+        records = tmp_path / "credentials.jsonl"
+        made = CliRunner().invoke(
+            app,
+            ["vehicles", "credentials", "--all", "--keys", "-o", str(records)]
+            + ["--database-url", settings.resolved_database_url()],
+        )
+        assert made.exit_code == 0, made.output
+        self.engine = engine
+        # A compressed clock: polls, trips and installs take milliseconds of real time.
+        options = FleetOptions(
+            failure_rate=0.0, postpone_rate=0.0, decline_rate=0.0, offline_rate=0.0,
+            interruption_rate=0.0, install_s=(1.0, 5.0), time_scale=0.001,
+            driving=DrivingPattern(mean_trip_s=120.0, battery_at_start=(50.0, 100.0)),
+            duration_s=180.0, seed=3, work_dir=tmp_path / "vehicles", start_rate=None,
+            live=False,
+        )  # fmt: skip
+        self.fleet = Fleet(list(read_records(records)), url, options)
+        self.result: list[FleetResult] = []
+        self.thread = threading.Thread(target=self._run, name="simulated-fleet", daemon=True)
+
+    def _run(self) -> None:
+        self.result.append(asyncio.run(self.fleet.run(self._all_succeeded)))
+
+    def _all_succeeded(self, _: object) -> bool:
+        with unit_of_work(make_session_factory(self.engine)) as session:
+            states = set(session.scalars(select(Deployment.state)))
+        return states == {"succeeded"}
+
+    def __enter__(self) -> SimulatedFleet:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if not self.result:  # a failure on the page: the vehicles stop too
+            self.fleet.stop()
+        self.thread.join(timeout=30)
+
+    def finish(self) -> FleetResult:
+        self.thread.join(timeout=60)
+        assert self.result, "the simulated fleet did not stop"
+        result = self.result[0]
+        assert result.stopped_because == "the stop condition was met", result.as_json()
+        assert result.crashed == {}
+        return result
+
+
 def launch_and_watch(
-    page: Page, campaign_id: int, settings: Settings, engine: Engine, tmp_path: Path
+    page: Page, campaign_id: int, settings: Settings, engine: Engine, url: str, tmp_path: Path
 ) -> None:
     write = make_write_session_factory(engine)
     log_in(page, "carla", TEST_PASSWORD)
@@ -259,37 +319,44 @@ def launch_and_watch(
     before = chart_facts(page, "chart-states")
     assert before["series"] == 6
 
-    # Half the fleet (the first wave) updates while the page stays open.
-    assert update_vehicles(write, campaign_id, NEW_VERSION) == VEHICLES // 2
-    expect(page.locator("#live-succeeded")).to_have_text(str(VEHICLES // 2), timeout=20_000)
-    page.wait_for_function(
-        """id => { const c = window.otacmCharts.get(id);
-                   const s = c.data.datasets.find(d => d.label === "succeeded");
-                   return s.data[s.data.length - 1] > 0; }""",
-        arg="chart-states",
-    )
-    after = assert_chart(page, "chart-states", series=6)
-    assert after["points"] > before["points"]
-    screenshot(page, "19-campaign-progress")
+    with SimulatedFleet(settings, engine, url, tmp_path) as fleet:
+        # Half the fleet (the first wave) updates over the air while the page stays open.
+        expect(page.locator("#live-succeeded")).to_have_text(str(VEHICLES // 2), timeout=60_000)
+        page.wait_for_function(
+            """id => { const c = window.otacmCharts.get(id);
+                       const s = c.data.datasets.find(d => d.label === "succeeded");
+                       return s.data[s.data.length - 1] > 0; }""",
+            arg="chart-states",
+        )
+        after = assert_chart(page, "chart-states", series=6)
+        assert after["points"] > before["points"]
+        screenshot(page, "19-campaign-progress")
 
-    page.get_by_role("link", name="Pause…").click()
-    expect(page.locator("#affected strong")).to_have_text(str(VEHICLES // 2))
-    screenshot(page, "20-pause-confirm")
-    page.get_by_role("button", name="Pause").click()
-    page.wait_for_url(re.compile(r"done=paused"))
-    expect(page.locator("#campaign-state")).to_have_text("paused")
-    page.get_by_role("link", name="Resume…").click()
-    page.get_by_role("button", name="Resume").click()
-    page.wait_for_url(re.compile(r"done=resumed"))
-    expect(page.locator("#campaign-state")).to_have_text("running")
+        page.get_by_role("link", name="Pause…").click()
+        expect(page.locator("#affected strong")).to_have_text(str(VEHICLES // 2))
+        screenshot(page, "20-pause-confirm")
+        page.get_by_role("button", name="Pause").click()
+        page.wait_for_url(re.compile(r"done=paused"))
+        expect(page.locator("#campaign-state")).to_have_text("paused")
+        page.get_by_role("link", name="Resume…").click()
+        page.get_by_role("button", name="Resume").click()
+        page.wait_for_url(re.compile(r"done=resumed"))
+        expect(page.locator("#campaign-state")).to_have_text("running")
 
-    moved = 0
-    for _ in range(3):  # the first wave met its threshold; the next tick opens the second
+        # The first wave met its threshold: the next tick opens the second, whose vehicles
+        # hear of it at their next poll.
         rollout_engine.tick(write, settings=settings)
-        moved += update_vehicles(write, campaign_id, NEW_VERSION)
-    assert moved == VEHICLES // 2
-    expect(page.locator("#live-succeeded")).to_have_text(str(VEHICLES), timeout=20_000)
+        expect(page.locator("#live-succeeded")).to_have_text(str(VEHICLES), timeout=60_000)
+        result = fleet.finish()
     screenshot(page, "21-campaign-done")
+    # What the server shows is what the vehicles really have.
+    truth = result.installed_versions()
+    assert len(result.vehicles) == VEHICLES and result.totals.installs == VEHICLES
+    with unit_of_work(make_session_factory(engine)) as session:
+        rows = session.execute(select(Ecu.serial, Ecu.software_version))
+        registry = {serial: version for serial, version in rows}
+    assert {serial: registry[serial] for serial in truth} == truth
+    assert NEW_VERSION in set(truth.values())
 
     page.get_by_role("link", name="Deployments").click()
     expect(page.locator("tbody tr")).to_have_count(VEHICLES)
@@ -377,7 +444,7 @@ def test_the_operator_journey(
     update_id = define_and_release(page, tmp_path)
     campaign_id = preview_and_create(page, update_id)
     approve(page, campaign_id)
-    launch_and_watch(page, campaign_id, settings, engine, tmp_path)
+    launch_and_watch(page, campaign_id, settings, engine, console_url, tmp_path)
     page.close()
     viewer_sees_no_actions(browser, console_url, campaign_id, update_id)
     with unit_of_work(make_session_factory(engine)) as session:

@@ -3,6 +3,7 @@ their field with the input kept, pages for every role, pagination, the static fi
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -10,11 +11,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from otacm.campaigns import service as campaigns
+from otacm.campaigns.schemas import CampaignCreate
 from otacm.db import make_session_factory, unit_of_work
+from otacm.security.audit import SYSTEM
 from otacm.security.permissions import Role
+from otacm.targeting import service
+from otacm.targeting.schemas import PreviewRequest
 from tests.console.conftest import Operator
 from tests.security.helpers import audit_rows
 from tests.targeting.test_preview import add_ecu, add_update, add_vehicle
+from tests.vehicle_api.conftest import NOTICE
 
 # Every form post of the console, as (path, form): each must refuse a missing CSRF token.
 POSTS = [
@@ -183,6 +190,66 @@ def test_errors_stand_next_to_their_field_and_the_input_is_kept(
     response = manager.post("/campaigns/wizard", {"step": "updates", "action": "next"})
     assert response.status_code == 422
     assert 'id="name-error"' in response.text and 'id="update_ids-error"' in response.text
+
+
+def test_previews_come_after_their_page(
+    login: Callable[..., Operator], engine: Engine, catalog: None
+) -> None:
+    """A preview reads every selected vehicle (seconds on a large fleet): the targeting page and
+    the wizard's review show themselves at once and fetch the preview after; without script,
+    a link or a button asks for it."""
+    with unit_of_work(make_session_factory(engine)) as session:
+        expected = service.run_preview(session, PreviewRequest(update_ids=[1], sample_size=0))
+    manager = login("campaign_manager", "carla")
+    page = manager.client.get("/targeting", params={"update": "1"})
+    assert page.status_code == 200
+    assert 'hx-get="/targeting/preview?update=1"' in page.text
+    assert 'id="eligible"' not in page.text
+    assert 'href="/targeting/preview?update=1" data-no-js>Show the preview' in page.text
+
+    fragment = manager.client.get("/targeting/preview?update=1", headers={"HX-Request": "true"})
+    assert fragment.text.lstrip().startswith('<section id="preview"')
+    assert "<nav" not in fragment.text
+    shown = re.search(r'id="eligible">([\d,]+)<', fragment.text)
+    assert shown and int(shown[1].replace(",", "")) == expected.vehicles_eligible
+    whole = manager.client.get("/targeting/preview?update=1")
+    assert "<nav" in whole.text and 'id="eligible"' in whole.text
+    assert 'name="update" value="1" checked' in whole.text  # the form keeps the inputs
+
+    # Inputs the page can check without reading the fleet are refused at once, next to the field.
+    missing = manager.client.get("/targeting", params={"update": "99"})
+    assert missing.status_code == 422 and 'id="update_ids-error"' in missing.text
+    gone = manager.client.get("/targeting/preview?update=99", headers={"HX-Request": "true"})
+    assert gone.status_code == 200 and "there is no software update 99" in gone.text
+
+    draft = {"update_ids": ["1"], "selection.query": ""}
+    review = manager.post(
+        "/campaigns/wizard",
+        {"step": "notice", "action": "goto:review", "draft": json.dumps(draft)},
+    )
+    assert review.status_code == 200
+    assert 'id="exact-count"' not in review.text
+    assert 'hx-post="/campaigns/wizard/count"' in review.text
+    count = manager.post("/campaigns/wizard/count", {"step": "review", "draft": json.dumps(draft)})
+    exact = re.search(r'id="exact-count">([\d,]+)<', count.text)
+    assert exact and int(exact[1].replace(",", "")) == expected.vehicles_eligible
+    asked = manager.post(
+        "/campaigns/wizard", {"step": "review", "action": "count", "draft": json.dumps(draft)}
+    )
+    assert f'id="exact-count">{expected.vehicles_eligible}<' in asked.text
+
+    # A launch's confirmation counts too: the page first, the count and the form after.
+    with unit_of_work(make_session_factory(engine)) as session:
+        body = {
+            "name": "BCM fix", "category": "bug_fix", "urgency": "immediate",
+            "update_ids": [1], "user_notice": NOTICE,
+        }  # fmt: skip
+        campaign_id = campaigns.create(session, SYSTEM, CampaignCreate.model_validate(body)).id
+    confirm = manager.client.get(f"/campaigns/{campaign_id}/confirm/launch")
+    assert 'id="affected"' not in confirm.text and 'name="expected_vehicles"' not in confirm.text
+    assert f'hx-get="/campaigns/{campaign_id}/confirm/launch?counted=1"' in confirm.text
+    counted = manager.client.get(f"/campaigns/{campaign_id}/confirm/launch?counted=1")
+    assert f'name="expected_vehicles" value="{expected.vehicles_eligible}"' in counted.text
 
 
 def test_the_fleet_search_reads_the_query_language_and_shows_its_errors(
