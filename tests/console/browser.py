@@ -42,8 +42,33 @@ def new_page(browser: Browser, base_url: str, viewport: dict[str, int] = DESKTOP
     return context.new_page()
 
 
-def screenshot(page: Page, name: str) -> Path:
-    """A full-page screenshot `test-output/console/NAME.png`."""
+# axe-core, the accessibility rules engine, from the console's npm install (a devDependency:
+# installed by `npm ci`, never served).
+AXE = Path(__file__).parents[2] / "otacm/console/assets/node_modules/axe-core/axe.min.js"
+# WCAG 2.1 levels A and AA: names and labels, contrast, landmarks, keyboard focus order.
+_AXE_RUN = """
+async () => {
+  const result = await axe.run(document, {runOnly: {type: "tag",
+                                                    values: ["wcag2a", "wcag2aa", "wcag21aa"]}});
+  return result.violations.map(v => ({rule: v.id, impact: v.impact, help: v.help,
+                                      nodes: v.nodes.slice(0, 5).map(n => n.target.join(" "))}));
+}
+"""
+
+
+def assert_accessible(page: Page) -> None:
+    """No WCAG 2.1 A or AA violation that axe-core finds on the page as it is now."""
+    if not page.evaluate("() => typeof axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    violations = page.evaluate(_AXE_RUN)
+    assert violations == [], f"{page.url}: {violations}"
+
+
+def screenshot(page: Page, name: str, *, accessible: bool = True) -> Path:
+    """A full-page screenshot `test-output/console/NAME.png`, after checking the screen with
+    axe-core (`accessible=False` where scripts are off)."""
+    if accessible:
+        assert_accessible(page)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     path = OUTPUT / f"{re.sub(r'[^a-z0-9_-]+', '-', name.lower())}.png"
     page.screenshot(path=str(path), full_page=True)

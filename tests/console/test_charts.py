@@ -103,5 +103,5 @@ def test_pages_read_without_javascript(browser: Browser, console_url: str) -> No
     page.get_by_role("button", name="Next: Targets").click()
     page.get_by_role("button", name="Count the eligible vehicles").click()
     expect(page.locator("#live-count strong")).to_have_text("10")
-    screenshot(page, "no-javascript-wizard-count")
+    screenshot(page, "no-javascript-wizard-count", accessible=False)
     context.close()

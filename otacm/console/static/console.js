@@ -118,9 +118,31 @@
     });
   }
 
+  // A table wider than the window scrolls sideways: keyboard users reach it with Tab and
+  // scroll it with the arrow keys; screen readers hear what it holds.
+  function scrollableTables(root) {
+    root.querySelectorAll(".table-wrap").forEach(function (wrap) {
+      if (wrap.scrollWidth > wrap.clientWidth) {
+        if (!wrap.hasAttribute("tabindex")) {
+          wrap.tabIndex = 0;
+          wrap.setAttribute("role", "region");
+          const box = wrap.closest("section, details");
+          const named = wrap.querySelector("caption") || (box && box.querySelector("h2, h3, summary"));
+          wrap.setAttribute("aria-label", (named ? named.textContent.trim() + ", " : "") +
+                            "table, scrolls sideways");
+        }
+      } else if (wrap.getAttribute("role") === "region") {
+        wrap.removeAttribute("tabindex");
+        wrap.removeAttribute("role");
+        wrap.removeAttribute("aria-label");
+      }
+    });
+  }
+
   function init(root) {
     drawAll(root);
     enhanceUploads(root);
+    scrollableTables(root);
     root.querySelectorAll("[data-js-only]").forEach(function (n) { n.hidden = false; });
     root.querySelectorAll("[data-no-js]").forEach(function (n) { n.hidden = true; });
   }
@@ -135,7 +157,9 @@
     document.body.addEventListener("htmx:afterSettle", function () {
       drawAll(document);
       refresh(document);
+      scrollableTables(document);
     });
+    window.addEventListener("resize", function () { scrollableTables(document); });
   });
 
   // For the browser tests and the curious: every chart drawn, by canvas id.
