@@ -64,6 +64,28 @@ def test_the_preview_charts_draw_a_series_per_reason(
         page.close()
 
 
+def test_the_admins_screens_fit_and_pass_the_accessibility_rules(
+    browser: Browser, console_url: str, engine: Engine
+) -> None:
+    """Screens the journey does not take a screenshot of: users, tokens, alerts, the wizard's
+    first step; each is checked with axe-core by `screenshot`."""
+    add_user(engine, "ada", "admin")
+    for size, viewport in (("desktop", DESKTOP), ("tablet", TABLET)):
+        page = new_page(browser, console_url, viewport)
+        log_in(page, "ada", TEST_PASSWORD)
+        for path, name in (
+            ("/admin/users", "users"),
+            ("/tokens", "tokens"),
+            ("/alerts", "alerts"),
+            ("/campaigns/new?update=1", "wizard-updates"),
+            ("/fleet?q=model%3D%3DNordra", "fleet-query"),
+        ):
+            page.goto(path)
+            assert_fits(page)
+            screenshot(page, f"admin-{name}-{size}")
+        page.close()
+
+
 def test_keyboard_alone_reaches_and_submits_a_form(
     browser: Browser,
     console_url: str,
