@@ -40,7 +40,6 @@ from sqlalchemy import Engine, select
 from otacm.campaigns.states import TERMINAL, DeploymentState
 from otacm.config import Settings
 from otacm.db import engine_from_settings, make_session_factory, unit_of_work, upgrade, utcnow
-from otacm.fleet.cli import print_report
 from otacm.fleet.generator import write_export
 from otacm.fleet.importer import run_import
 from otacm.fleet.models import Ecu, Vehicle
@@ -71,7 +70,9 @@ def _free_port(preferred: int) -> int:
 
 
 @contextlib.contextmanager
-def _server_process(settings: Settings, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def _server_process(
+    settings: Settings, port: int, workers: int = 1
+) -> Iterator[subprocess.Popen[bytes]]:
     """`otacm serve` in its own process: the simulated fleet in this one would otherwise share
     one interpreter lock with the server it is testing."""
     env = {
@@ -83,12 +84,11 @@ def _server_process(settings: Settings, port: int) -> Iterator[subprocess.Popen[
         "OTACM_MAINTENANCE_INTERVAL": _iso(settings.maintenance_interval),
         "OTACM_VEHICLE_POLL_IDLE": _iso(settings.vehicle_poll_idle),
         "OTACM_VEHICLE_POLL_ACTIVE": _iso(settings.vehicle_poll_active),
+        "OTACM_VEHICLE_POLL_JITTER": str(settings.vehicle_poll_jitter),
         "OTACM_LOG_LEVEL": "warning",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "otacm", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-    )
+    command = [sys.executable, "-m", "otacm", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen([*command, "--workers", str(workers)], env=env)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -143,7 +143,8 @@ def _operators(engine: Engine) -> tuple[str, dict[str, str]]:
 
 
 def _import_fleet(engine: Engine, settings: Settings, vehicles: int, seed: int) -> None:
-    from otacm.fleet.cli import _progress
+    # Here rather than at the top: otacm.fleet.cli loads otacm.cli, which loads this module.
+    from otacm.fleet.cli import _progress, print_report
 
     export = Path(tempfile.mkdtemp(prefix="otacm-demo-")) / "fleet.jsonl"
     with export.open("w", encoding="utf-8") as out:
@@ -195,12 +196,17 @@ def _release_update(api: httpx.Client) -> dict[str, Any]:
         dependencies=[{"ecu_type": "GATEWAY", "min_version": "7.0.0"}],
         estimated_install_minutes=8,
     )  # fmt: skip
+    return _publish(api, body, "bcm-4.2.0.bin", FIRMWARE_BYTES)
+
+
+def _publish(api: httpx.Client, body: dict[str, Any], filename: str, size: int) -> dict[str, Any]:
+    """Define the update `body`, upload `size` random bytes as its file, release it."""
     update = _ok(api.post("/api/v1/updates", json=body))
-    firmware = secrets.token_bytes(FIRMWARE_BYTES)
+    firmware = secrets.token_bytes(size)
     _ok(
         api.post(
             f"/api/v1/updates/{update['id']}/artifacts",
-            params={"filename": "bcm-4.2.0.bin", "sha256": hashlib.sha256(firmware).hexdigest()},
+            params={"filename": filename, "sha256": hashlib.sha256(firmware).hexdigest()},
             content=firmware,
         )
     )
@@ -213,11 +219,10 @@ def _release_update(api: httpx.Client) -> dict[str, Any]:
     return released
 
 
-def _preview(api: httpx.Client, update_id: int) -> int:
+def _preview(api: httpx.Client, update_id: int, selection: dict[str, Any] | None = None) -> int:
+    chosen = SELECTION if selection is None else selection
     preview = _ok(
-        api.post(
-            "/api/v1/targeting/preview", json={"update_ids": [update_id], "selection": SELECTION}
-        )
+        api.post("/api/v1/targeting/preview", json={"update_ids": [update_id], "selection": chosen})
     )
     table = Table("reason", "vehicles", title="targeting preview: who gets it, and why not")
     for reason in preview["reasons"]:
@@ -276,12 +281,19 @@ def _campaign_body(update_id: int) -> dict[str, Any]:
     }
 
 
-def _launch(base: str, tokens: dict[str, str], update_id: int, expected: int) -> int:
+def _launch(
+    base: str,
+    tokens: dict[str, str],
+    update_id: int,
+    expected: int,
+    body: dict[str, Any] | None = None,
+) -> int:
+    """Create the campaign (`body`, or the demo's), submit, approve, launch; its id."""
     with (
         _client(base, tokens[MANAGERS[0]]) as manager,
         _client(base, tokens[MANAGERS[1]]) as second,
     ):
-        campaign = _ok(manager.post("/api/v1/campaigns", json=_campaign_body(update_id)))
+        campaign = _ok(manager.post("/api/v1/campaigns", json=body or _campaign_body(update_id)))
         cid = int(campaign["id"])
         _ok(manager.post(f"/api/v1/campaigns/{cid}/submit"))
         console.print(f"campaign {cid} created and submitted by {MANAGERS[0]}")
@@ -299,8 +311,15 @@ def _provision(engine: Engine, campaign_id: int) -> list[Any]:
     """`otacm vehicles credentials --all --keys`, in-process: a record per vehicle. The
     simulated fleet is every vehicle of the campaign and every twentieth of the others (idle
     vehicles poll too; all of them would only cost the demo time)."""
-    from otacm.campaigns.models import Deployment
     from otacm.simulator.records import ProvisioningRecord
+
+    return [ProvisioningRecord.from_json(r) for r in _provision_json(engine, campaign_id, 20)]
+
+
+def _provision_json(engine: Engine, campaign_id: int, others_every: int) -> list[dict[str, Any]]:
+    """Provisioning records as JSON objects (the lines of a credentials file): every vehicle
+    of the campaign, then every `others_every`-th of the rest."""
+    from otacm.campaigns.models import Deployment
     from otacm.vehicle_api import credentials
 
     with unit_of_work(make_session_factory(engine)) as session:
@@ -313,14 +332,14 @@ def _provision(engine: Engine, campaign_id: int) -> list[Any]:
                 .where(Deployment.campaign_id == campaign_id)
             )
         )
-    others = [p for p in provisioned if p.vin not in targeted]
-    chosen = [p for p in provisioned if p.vin in targeted] + others[::20]
+    others = [p for p in provisioned if p.vin not in targeted][::others_every]
+    chosen = [p for p in provisioned if p.vin in targeted] + others
     console.print(
         f"{len(provisioned):,} vehicles provisioned (a credential, a signing key and an "
         f"encryption key each); simulating the {len(targeted):,} in the campaign and "
-        f"{len(others[::20]):,} others"
+        f"{len(others):,} others"
     )
-    return [ProvisioningRecord.from_json(p.as_json()) for p in chosen]
+    return [p.as_json() for p in chosen]
 
 
 def _progress_table(campaign: dict[str, Any], fleet: Any, elapsed: float) -> Group:

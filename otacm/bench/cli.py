@@ -152,3 +152,66 @@ def bench_vehicle_api(
         ),
         record,
     )
+
+
+@app.command("fleet")
+def bench_fleet(
+    vehicles: Annotated[int, typer.Option(min=10, help="Vehicles imported and simulated.")] = (
+        10_000
+    ),
+    processes: Annotated[int, typer.Option(min=1, help="Simulator processes.")] = 2,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="uvicorn workers of the server [default: 2; 1 on SQLite]"),
+    ] = None,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(help="Administrative PostgreSQL URL; a scratch database is made and dropped."),
+    ] = None,
+    seed: int = 7,
+    lost_answer_rate: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="Vehicle API answers lost after the server acted."),
+    ] = 0.02,
+    poll_idle: Annotated[
+        float, typer.Option(min=0.1, help="Real seconds between a vehicle's idle polls.")
+    ] = 120.0,
+    start_rate: Annotated[
+        float, typer.Option(min=1, help="Vehicles started per second, over all processes.")
+    ] = 50.0,
+    timeout: Annotated[
+        float, typer.Option(min=10, help="Real seconds the campaign may take.")
+    ] = 1800.0,
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Each run makes a directory here (server data, vehicles), then removes it."
+        ),
+    ] = Path("bench-data/fleet"),
+    record: RecordOption = None,
+) -> None:
+    """A simulated fleet completes one campaign against one server; the server's records are
+    then checked against the vehicles' truth (no event lost or counted twice, tallies, final
+    states, ECU versions). Exits 1 when a check fails."""
+    from otacm.bench import fleet_sim
+
+    command = "otacm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    options = fleet_sim.BenchOptions(
+        vehicles=vehicles,
+        seed=seed,
+        processes=processes,
+        # SQLite serialises writers: one process writes, a second would only wait on it.
+        workers=workers or (2 if postgres_url else 1),
+        postgres_url=postgres_url,
+        work_dir=work_dir,
+        timeout_s=timeout,
+        poll_idle_s=poll_idle,
+        start_rate=start_rate,
+        lost_answer_rate=lost_answer_rate,
+    )
+    bench = fleet_sim.run(options, command)
+    _finish(bench.report, record)
+    if not bench.passed:
+        failed = ", ".join(c.name for c in bench.checks if not c.ok) or "no check ran"
+        typer.echo(f"FAILED: {failed}", err=True)
+        raise typer.Exit(1)

@@ -58,6 +58,18 @@ def simulate(
     cpu_slots: Annotated[
         int, typer.Option(min=1, help="TUF refreshes, hashing and decryption at once.")
     ] = 2,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Split the fleet over this many processes (one core each, at most)."
+        ),
+    ] = 1,
+    lost_answer_rate: Annotated[
+        float,
+        typer.Option(
+            min=0, max=1, help="Share of answers lost after the server acted (sent again)."
+        ),
+    ] = 0.0,
     language: Annotated[str | None, typer.Option(help="The owners' Accept-Language.")] = None,
     report: Annotated[
         Path | None, typer.Option(help="Write the ground truth per vehicle here, as JSON.")
@@ -76,7 +88,7 @@ def simulate(
     from rich.console import Console
     from rich.table import Table
 
-    from otacm.simulator.fleet import Fleet, FleetOptions, FleetResult
+    from otacm.simulator.fleet import Fleet, FleetOptions, FleetResult, run_sharded
     from otacm.simulator.records import InvalidRecord, read_records
 
     console = Console(stderr=True)
@@ -89,6 +101,7 @@ def simulate(
             decline_rate=decline_rate,
             offline_rate=offline_rate,
             interruption_rate=interruption_rate,
+            lost_answer_rate=lost_answer_rate,
             install_s=install_seconds,
             time_scale=time_scale,
             duration_s=duration,
@@ -110,7 +123,14 @@ def simulate(
             asyncio.get_running_loop().add_signal_handler(signal.SIGINT, fleet.stop, "Ctrl-C")
         return await fleet.run()
 
-    result = asyncio.run(run())
+    if processes > 1:
+        # The records cross to the other processes as the JSON they were read from.
+        lines = credentials.read_text(encoding="utf-8").splitlines()
+        raw = [json.loads(line) for line in lines if line.strip()]
+        console.print(f"simulating in {processes} processes; Ctrl-C stops them all")
+        result = run_sharded(raw, server, options, processes=processes)
+    else:
+        result = asyncio.run(run())
     console.print(f"stopped: {result.stopped_because} after {result.elapsed_s:.1f} s")
     table = Table("VIN", "phase", "installed", "installs", "rollbacks", "failures", "retries")
     for vin, vehicle in list(result.vehicles.items())[:20]:

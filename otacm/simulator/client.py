@@ -69,14 +69,21 @@ image repository signed it (the delivered file); for software as built it is nul
 
 Network errors, 5xx and 429 answers are retried with exponential backoff and jitter
 (`backoff.BackoffPolicy`) for as long as it takes: a server restart or a tunnel costs time,
-never state. A 401 stops the vehicle (`Phase.LOCKED_OUT`): its credential was revoked. Answers
+never state. An answer can also be lost after the server acted on the request (the
+link's `lost_answers`): the client cannot tell, sends the same body again, and the event's id
+(or the manifest's counter) makes the second copy harmless; `SentEvent` records how often each
+event left the vehicle and what the server answered.
+A 401 stops the vehicle (`Phase.LOCKED_OUT`): its credential was revoked. Answers
 the client cannot read are counted as errors and the loop goes on.
 
 ## Concurrency
 
 The client is asyncio; many share one event loop (`fleet.py`). python-tuf is synchronous and
 its signature checks, like hashing and decrypting, are CPU work: they run in threads, at most
-as many at once as the shared `cpu_slots` semaphore allows.
+as many at once as the shared `cpu_slots` semaphore allows. A fleet may also share
+`work_slots`: vehicles that act on an offer wait for one first. Real vehicles each have their
+own network; simulated ones share one connection pool, and thousands answering a new wave at
+once would queue every later step of every vehicle behind the first step of all the others.
 
 ## Ground truth
 
@@ -92,7 +99,8 @@ import contextlib
 import random
 import shutil
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -154,6 +162,7 @@ _GIVE_UP_ON = SETTLED - {"timed_out"}
 class Phase(StrEnum):
     STARTING = "starting"
     IDLE = "idle"
+    QUEUED = "waiting for a work slot"  # the simulated fleet's limit, not the server's
     DECIDING = "deciding"
     VERIFYING = "verifying"
     DOWNLOADING = "downloading"
@@ -179,9 +188,12 @@ class Tally:
     rollbacks: int = 0  # deployments whose install fell back
     failures: int = 0  # deployments reported `failed` (verification failures included)
     verification_failures: int = 0
-    events_sent: int = 0
+    events_sent: int = 0  # events the server acknowledged
+    events_resent: int = 0  # sends of an event that had left the vehicle before
+    duplicates_acknowledged: int = 0  # events the server answered it already had
     manifests_sent: int = 0
     retries: int = 0  # requests tried again after a network or server error
+    answers_lost: int = 0  # answers the simulated network dropped after the server had them
     errors: int = 0  # answers the client could not use
     last_error: str = ""
 
@@ -211,6 +223,20 @@ class ClientOptions:
             raise ValueError("interruption_rate is a probability between 0 and 1")
 
 
+@dataclass(slots=True)
+class SentEvent:
+    """One deployment event as the vehicle knows it: how often it left the vehicle and
+    whether an answer came back, so that a test can hold the server to exactly once."""
+
+    deployment_id: int
+    event_id: str
+    event: str
+    attempt: int
+    sends: int = 0  # requests carrying it that left the vehicle (after a lost answer: > 1)
+    acknowledged: bool = False  # the server answered 200 for it
+    outcome: str = ""  # the server's word on it in that answer (applied, duplicate, …)
+
+
 @dataclass(frozen=True, slots=True)
 class VehicleReport:
     """One vehicle's ground truth and tally, at the moment it was asked for."""
@@ -220,6 +246,10 @@ class VehicleReport:
     installed: dict[str, str]  # serial -> version the ECU runs
     images: dict[str, str | None]  # serial -> SHA-256 of the image it runs (None: as built)
     tally: Tally
+    # Our last word per deployment attempt, "deployment_id/attempt" -> outcome (accept,
+    # decline, installed, failed, rolled_back, abandoned, …): what the server should record.
+    outcomes: dict[str, str] = field(default_factory=dict)
+    events: tuple[SentEvent, ...] = ()  # every event sent, in order
 
 
 class CredentialRefused(Exception):
@@ -262,6 +292,7 @@ class VehicleClient:
         tuf_http: httpx.Client | None = None,
         download_http: httpx.AsyncClient | None = None,
         cpu_slots: asyncio.Semaphore | None = None,
+        work_slots: asyncio.Semaphore | None = None,
         link: NetworkLink | None = None,
         rng: random.Random | None = None,
         stop: asyncio.Event | None = None,
@@ -290,6 +321,8 @@ class VehicleClient:
         self._own_download_http = download_http is None
         self._download_http = download_http or make_http()
         self._cpu = cpu_slots or asyncio.Semaphore(1)
+        # Shared by a simulated fleet: how many of its vehicles act on an offer at once.
+        self._work_slots = work_slots
         self._backoff = Backoff(self.options.backoff, self._network_rng)
         self._state_file = work_dir / "state.json"
         self.state = VehicleState.load(self._state_file, record)
@@ -311,6 +344,7 @@ class VehicleClient:
         self._offers: list[Offer] = []
         self._nudged: set[str] = set()  # attempts whose manifest was sent once more
         self._phase_before_outage = Phase.IDLE
+        self.sent_events: list[SentEvent] = []
 
     # The loop ---------------------------------------------------------------------------
 
@@ -372,18 +406,25 @@ class VehicleClient:
         anything was done."""
         key = _attempt_key(offer)
         done = self.state.outcomes.get(key)
+        action: Callable[[], Awaitable[None]]
+        if offer.state == OFFERED and done in (None, POSTPONED):
+            action = lambda: self._decide(offer)  # noqa: E731
+        elif (offer.state == OFFERED or offer.state in WORKING) and done in (None, ACCEPTED):
+            action = lambda: self._work(offer)  # noqa: E731
+        elif offer.state == INSTALLED and done == DONE and key not in self._nudged:
+            self._nudged.add(key)
+            action = self.send_manifest
+        elif offer.state == INSTALLED and done in (None, ACCEPTED):
+            action = lambda: self._work(offer)  # noqa: E731  (a restart lost the job)
+        else:
+            return False
         try:
-            if offer.state == OFFERED and done in (None, POSTPONED):
-                await self._decide(offer)
-            elif (offer.state == OFFERED or offer.state in WORKING) and done in (None, ACCEPTED):
-                await self._work(offer)
-            elif offer.state == INSTALLED and done == DONE and key not in self._nudged:
-                self._nudged.add(key)
-                await self.send_manifest()
-            elif offer.state == INSTALLED and done in (None, ACCEPTED):
-                await self._work(offer)  # a restart lost the job before it was done
+            if self._work_slots is None:
+                await action()
             else:
-                return False
+                self.phase = Phase.QUEUED
+                async with self._work_slots:
+                    await action()
         except _Abandon as exc:
             self._record(key, ABANDONED)
             self.tally.last_error = f"deployment {offer.deployment_id}: {exc}"
@@ -611,15 +652,30 @@ class VehicleClient:
         """Send one event. Raises _Abandon when the server says the attempt is over (unless
         this event is the one that ends it: `final`)."""
         path = f"/vehicle/v1/deployments/{offer.deployment_id}/events"
-        answer = await self._request("POST", path, json={"events": [event.as_json()]})
+        sent = SentEvent(offer.deployment_id, event.event_id, event.event.value, event.attempt)
+        self.sent_events.append(sent)
+
+        def leaving() -> None:
+            sent.sends += 1
+            if sent.sends > 1:
+                self.tally.events_resent += 1
+
+        answer = await self._request(
+            "POST", path, json={"events": [event.as_json()]}, on_send=leaving
+        )
         if answer.status_code == 404:
             raise _Abandon("the server no longer knows the deployment")
         if answer.status_code != 200:
             self._error(f"{event.event} refused: HTTP {answer.status_code} {answer.text[:300]}")
             raise _Abandon(f"events refused with HTTP {answer.status_code}")
         self.tally.events_sent += 1
+        sent.acknowledged = True
         body = _json(answer)
         for result in body.get("results", []):
+            if result.get("event_id") == event.event_id:
+                sent.outcome = str(result.get("outcome", ""))
+            if result.get("outcome") == "duplicate":
+                self.tally.duplicates_acknowledged += 1
             if result.get("outcome") == "stale_attempt":
                 raise _Abandon(f"attempt {offer.attempt} is stale")
             if result.get("outcome") == "refused":
@@ -634,18 +690,27 @@ class VehicleClient:
         *,
         json: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        on_send: Callable[[], None] | None = None,
     ) -> httpx.Response:
         """One request to the vehicle API, tried again (backoff) after network errors, 5xx
-        and 429 until it gets another answer. Raises CredentialRefused on 401."""
+        and 429 until it gets another answer. Raises CredentialRefused on 401.
+
+        `on_send` is called each time the request leaves the vehicle (not while offline):
+        a try after a lost answer reaches a server that may have acted on it already."""
         auth = {"Authorization": f"Bearer {self.record.token}", **(headers or {})}
         while True:
             wait = 0.0
             try:
                 if self.link is not None:
                     self.link.require()
+                if on_send is not None:
+                    on_send()
                 answer = await self._http.request(
                     method, self.base_url + path, json=json, headers=auth
                 )
+                if self.link is not None and self.link.loses_answer():
+                    self.tally.answers_lost += 1
+                    raise httpx.ReadError("answer lost on the way back (simulated)")
             except httpx.TransportError as exc:
                 if self.phase is not Phase.OFFLINE:
                     self._phase_before_outage, self.phase = self.phase, Phase.OFFLINE
@@ -704,6 +769,8 @@ class VehicleClient:
             installed=self.state.installed(),
             images={serial: e.active.sha256 for serial, e in self.state.ecus.items()},
             tally=replace(self.tally),
+            outcomes=dict(self.state.outcomes),
+            events=tuple(replace(e) for e in self.sent_events),
         )
 
 
@@ -719,6 +786,7 @@ __all__ = [
     "ClientOptions",
     "CredentialRefused",
     "Phase",
+    "SentEvent",
     "Tally",
     "VehicleClient",
     "VehicleReport",

@@ -4,25 +4,32 @@
 record in one asyncio event loop and returns a `FleetResult`: per vehicle, what its ECUs really
 run and what happened to it, so that a test or `otacm demo` can compare the server's view with
 the truth vehicle by vehicle. `Fleet` is the same with a handle: `stop()` from any thread,
-`progress()` at any time.
+`progress()` at any time. `run_sharded` splits a fleet too large for one core over several
+processes and merges their results.
 
 The knobs (`FleetOptions`) make the fleet behave like a real one: owners who postpone or
 decline, installs that fail and fall back, vehicles that drop off the network for a while,
-downloads cut in the middle, all on a compressed clock (`time_scale`). Vehicles start spread
-at `start_rate` a second, so that a thousand of them do not arrive in the same moment; they share
-one HTTP connection pool and a small number of threads for the CPU work (TUF, hashing,
-decryption), so the fleet's cost grows with what vehicles do, not with how many there are.
+downloads cut in the middle, answers lost after the server acted (the request is sent again),
+all on a compressed clock (`time_scale`). Vehicles start spread at `start_rate` a second, so
+that a thousand of them do not arrive in the same moment; they share one HTTP connection pool
+and a small number of threads for the CPU work (TUF, hashing, decryption), so the fleet's cost
+grows with what vehicles do, not with how many there are.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import os
+import queue
 import random
+import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,28 +65,38 @@ class FleetOptions:
     offline_s: tuple[float, float] = (300.0, 3600.0)  # simulated seconds of one outage
     online_mean_s: float = 2 * 3600.0  # simulated seconds between a flaky vehicle's outages
     interruption_rate: float = 0.1  # downloads whose connection breaks once midway
+    lost_answer_rate: float = 0.0  # vehicle API answers lost after the server acted (resent)
     install_s: tuple[float, float] = (60.0, 600.0)  # simulated seconds to write one image
+    progress_events: int = 3  # download_progress events per deployment
     driving: DrivingPattern = DrivingPattern()  # how often cars are parked, charged, driven
     time_scale: float = 0.01  # real seconds per simulated second
     duration_s: float | None = None  # real seconds; None: until stop_when or stop()
     seed: int | None = None  # the same seed, the same owners and failures
     work_dir: Path = Path("otacm-data/simulator")  # one directory per vehicle below
     cpu_slots: int = 2  # TUF refreshes, hashing and decryption at once
+    # Vehicles acting on an offer at once (None: no limit); the others wait their turn. The
+    # fleet shares one connection pool: without a limit, a wave of thousands queues each
+    # vehicle's later requests behind everyone's first, and none finishes for minutes.
+    work_slots: int | None = None
     max_connections: int = 100  # HTTP connections to the server at once
     start_rate: float | None = 200.0  # vehicles started per real second; None: all at once
     language: str | None = None  # Accept-Language of every owner
     live: bool = True  # a live Rich summary while running
 
     def __post_init__(self) -> None:
-        for name in ("failure_rate", "offline_rate", "interruption_rate"):
+        for name in ("failure_rate", "offline_rate", "interruption_rate", "lost_answer_rate"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} is a probability between 0 and 1")
         if self.time_scale <= 0:
             raise ValueError("time_scale must be positive")
         if self.start_rate is not None and self.start_rate <= 0:
             raise ValueError("start_rate must be positive (or None: all at once)")
+        if self.progress_events < 0:
+            raise ValueError("progress_events must not be negative")
         if self.cpu_slots < 1 or self.max_connections < 1:
             raise ValueError("cpu_slots and max_connections must be at least 1")
+        if self.work_slots is not None and self.work_slots < 1:
+            raise ValueError("work_slots must be at least 1 (or None: no limit)")
         low, high = self.offline_s
         if not 0 <= low <= high:
             raise ValueError("offline_s is a range of seconds, low <= high")
@@ -94,6 +111,7 @@ class FleetOptions:
             driving=self.driving,
             time_scale=self.time_scale,
             interruption_rate=self.interruption_rate,
+            progress_events=self.progress_events,
             language=self.language,
         )
 
@@ -116,6 +134,9 @@ class FleetResult:
     elapsed_s: float
     stopped_because: str
     crashed: dict[str, str]  # VIN -> why it is not running (not provisioned, a client bug)
+    # CPU seconds the simulating processes spent (user + system), when measured: by
+    # `run_sharded` for its own processes, which do nothing else.
+    cpu_s: float | None = None
 
     def installed_versions(self) -> dict[str, str]:
         """ECU serial -> the version it really runs, over the whole fleet."""
@@ -125,6 +146,7 @@ class FleetResult:
         return {
             "stopped_because": self.stopped_because,
             "elapsed_s": round(self.elapsed_s, 3),
+            "cpu_s": self.cpu_s,
             "totals": asdict(self.totals),
             "crashed": self.crashed,
             "vehicles": {vin: asdict(report) for vin, report in self.vehicles.items()},
@@ -202,10 +224,19 @@ class Fleet:
         downloads = make_http(self.options.max_connections)
         tuf_http = make_tuf_http(min(self.options.max_connections, 4 * self.options.cpu_slots))
         cpu = asyncio.Semaphore(self.options.cpu_slots)
+        slots = self.options.work_slots
+        work = asyncio.Semaphore(slots) if slots else None
+        # `to_thread` runs on the loop's default executor, a handful of threads on a small
+        # machine: enough for every CPU slot, or the slots would wait on threads instead.
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(self.options.cpu_slots + 2, thread_name_prefix="otacm-fleet")
+        )
         rate = self.options.start_rate
         spread = 1 / rate if rate else 0.0
         tasks = [
-            asyncio.create_task(self._vehicle(record, i * spread, http, downloads, tuf_http, cpu))
+            asyncio.create_task(
+                self._vehicle(record, i * spread, http, downloads, tuf_http, cpu, work)
+            )
             for i, record in enumerate(self.records)
         ]
         try:
@@ -233,12 +264,15 @@ class Fleet:
         downloads: httpx.AsyncClient,
         tuf_http: httpx.Client,
         cpu: asyncio.Semaphore,
+        work: asyncio.Semaphore | None,
     ) -> None:
         assert self._stop is not None
         seed = self.options.seed
         seeds = random.Random(f"{seed}:{record.vin}") if seed is not None else random.Random()
         # Separate streams, drawn before anything depends on timing (see VehicleClient).
         client_rng, outage_rng, retry_rng = (random.Random(seeds.getrandbits(64)) for _ in "abc")
+        # Drawn after the others, so that a seed gives the same owners and outages as before.
+        loss_rng = random.Random(seeds.getrandbits(64))
         work_dir = self.options.work_dir / record.vin
         try:
             if await self._wait(delay):
@@ -256,7 +290,7 @@ class Fleet:
                     if refused or await self._wait(backoff.next_delay()):
                         return
             self.crashed.pop(record.vin, None)
-            link = NetworkLink()
+            link = NetworkLink(self.options.lost_answer_rate, loss_rng)
             client = VehicleClient(
                 record,
                 base_url=self.base_url,
@@ -267,6 +301,7 @@ class Fleet:
                 tuf_http=tuf_http,
                 download_http=downloads,
                 cpu_slots=cpu,
+                work_slots=work,
                 link=link,
                 rng=client_rng,
                 stop=self._stop,
@@ -378,6 +413,148 @@ def render(progress: FleetProgress) -> Table:
     ):
         table.add_row(label, value)
     return table
+
+
+def merge_progress(parts: Iterable[FleetProgress]) -> FleetProgress:
+    """One look at a fleet run in several processes, from each one's latest look."""
+    looks = list(parts)
+    phases: Counter[str] = Counter()
+    for look in looks:
+        phases.update(look.phases)
+    return FleetProgress(
+        elapsed_s=max((p.elapsed_s for p in looks), default=0.0),
+        vehicles=sum(p.vehicles for p in looks),
+        phases=dict(phases),
+        totals=sum_tallies(p.totals for p in looks),
+        crashed=sum(p.crashed for p in looks),
+    )
+
+
+def merge_results(parts: Iterable[FleetResult]) -> FleetResult:
+    """The result of a fleet run in several processes: every vehicle once, totals summed."""
+    results = list(parts)
+    reasons = list(dict.fromkeys(r.stopped_because for r in results))
+    cpu = [r.cpu_s for r in results]
+    return FleetResult(
+        vehicles={vin: v for r in results for vin, v in r.vehicles.items()},
+        totals=sum_tallies(r.totals for r in results),
+        elapsed_s=max((r.elapsed_s for r in results), default=0.0),
+        stopped_because="; ".join(reasons),
+        crashed={vin: why for r in results for vin, why in r.crashed.items()},
+        cpu_s=None if None in cpu else sum(c for c in cpu if c is not None),
+    )
+
+
+def run_sharded(
+    records: Sequence[Mapping[str, Any]],
+    base_url: str,
+    options: FleetOptions | None = None,
+    *,
+    processes: int = 2,
+    stop_when: Callable[[FleetProgress], bool] | None = None,
+) -> FleetResult:
+    """Run a fleet split over `processes` processes and merge what they return.
+
+    One process verifies, hashes and decrypts for its vehicles on one core; a fleet larger
+    than one core can simulate is split, every `processes`-th record to each, so that all of
+    them see every wave. `records` are provisioning records as JSON objects (the lines of a
+    credentials file): the keys in a parsed record do not cross a process boundary.
+    `stop_when` is asked in this process, about twice a second, with the merged progress;
+    `start_rate` is shared out, `cpu_slots` and `max_connections` are per process, and the
+    live display is off (each process would draw its own).
+    """
+    options = options or FleetOptions()
+    if processes < 1:
+        raise ValueError("processes must be at least 1")
+    chosen = list(records if options.vehicles is None else records[: options.vehicles])
+    processes = max(1, min(processes, len(chosen)))
+    rate = options.start_rate
+    shard_options = replace(
+        options,
+        vehicles=None,
+        live=False,
+        start_rate=rate / processes if rate else None,
+    )
+    # Spawned, not forked: the caller may hold threads and connections a fork would copy.
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    messages: Any = context.Queue()
+    workers = [
+        context.Process(
+            target=_shard,
+            args=(i, chosen[i::processes], base_url, shard_options, stop, messages),
+            name=f"otacm-fleet-{i}",
+            daemon=True,
+        )
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    latest: dict[int, FleetProgress] = {}
+    results: dict[int, FleetResult] = {}
+    failures: dict[int, str] = {}
+    asked = 0.0
+    try:
+        while len(results) + len(failures) < processes:
+            try:
+                kind, index, payload = messages.get(timeout=WATCH_EVERY_S)
+            except KeyboardInterrupt:  # Ctrl-C: the fleet stops, and what it did is kept
+                stop.set()
+                continue
+            except queue.Empty:
+                for i, worker in enumerate(workers):
+                    if i not in results and i not in failures and not worker.is_alive():
+                        failures[i] = f"process {worker.name} ended with {worker.exitcode}"
+            else:
+                if kind == "progress":
+                    latest[index] = payload
+                elif kind == "result":
+                    results[index] = payload
+                else:
+                    failures[index] = str(payload)
+            now = time.monotonic()
+            if stop_when is not None and not stop.is_set() and now - asked >= WATCH_EVERY_S:
+                asked = now
+                if latest and stop_when(merge_progress(latest.values())):
+                    stop.set()
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=GRACE_S * 3)
+            if worker.is_alive():
+                worker.terminate()
+    if failures:
+        raise RuntimeError(f"simulator processes failed: {failures}")
+    return merge_results(results[i] for i in range(processes))
+
+
+def _shard(
+    index: int,
+    records: list[Mapping[str, Any]],
+    base_url: str,
+    options: FleetOptions,
+    stop: Any,
+    messages: Any,
+) -> None:
+    """One process of `run_sharded`: its records, until the parent says stop."""
+    # Ctrl-C reaches every process of the terminal's group: the parent alone decides, so
+    # that each process still ends its run and sends its result.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        parsed = [ProvisioningRecord.from_json(r) for r in records]
+        started = os.times()
+
+        def stop_when(progress: FleetProgress) -> bool:
+            messages.put(("progress", index, progress))
+            return bool(stop.is_set())
+
+        result = asyncio.run(Fleet(parsed, base_url, options).run(stop_when))
+        ended = os.times()
+        cpu = (ended.user - started.user) + (ended.system - started.system)
+        messages.put(("result", index, replace(result, cpu_s=cpu)))
+    except BaseException as exc:  # the parent must hear of it rather than wait for a result
+        messages.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+        raise
 
 
 def run_fleet(

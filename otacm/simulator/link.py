@@ -9,19 +9,33 @@ runs. A client outside the simulator passes no link.
 
 from __future__ import annotations
 
+import random
 import threading
 
 import httpx
 
 
 class NetworkLink:
-    """Whether the vehicle can reach the server now. Read from the client's threads too."""
+    """Whether the vehicle can reach the server now. Read from the client's threads too.
 
-    def __init__(self) -> None:
+    `lost_answers` is the share of vehicle API answers that never arrive although the server
+    sent them (a connection dropped on the way back, a timeout a moment too early): the
+    request did its work, the client does not know and sends it again.
+    """
+
+    def __init__(self, lost_answers: float = 0.0, rng: random.Random | None = None) -> None:
+        if not 0 <= lost_answers <= 1:
+            raise ValueError("lost_answers is a probability between 0 and 1")
         self.online = True
         self._lock = threading.Lock()
         self._cut_after: int | None = None  # bytes into the next transfer
         self.cuts = 0  # transfers cut so far
+        self.lost_answers = lost_answers
+        self._rng = rng or random.Random()
+
+    def loses_answer(self) -> bool:
+        """Whether the answer that just came is lost (the caller raises as httpx would)."""
+        return self.lost_answers > 0 and self._rng.random() < self.lost_answers
 
     def require(self) -> None:
         """Raises httpx.ConnectError while the vehicle is offline."""

@@ -137,6 +137,27 @@ def test_the_cli_runs_the_fleet_and_writes_the_ground_truth(tmp_path: Path) -> N
     assert truth["vehicles"] == {}
 
 
+def test_the_cli_splits_the_fleet_over_processes_and_merges_the_ground_truth(
+    tmp_path: Path,
+) -> None:
+    credentials = write_records(tmp_path / "vehicles.jsonl", RECORDS)
+    report = tmp_path / "truth.json"
+    result = CliRunner().invoke(
+        cli_app(),
+        [
+            "simulate", str(credentials), "--server", closed_port(), "--vehicles", "2",
+            "--processes", "2", "--duration", "0.5", "--work-dir", str(tmp_path / "fleet"),
+            "--report", str(report),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    truth = json.loads(report.read_text())
+    # One vehicle in each process; both are reported, each by the process that ran it.
+    assert truth["stopped_because"] == "ran for 0.5 s"
+    assert sorted(truth["crashed"]) == sorted(r.vin for r in RECORDS[:2])
+    assert truth["cpu_s"] is not None and truth["cpu_s"] > 0
+
+
 def test_the_cli_refuses_a_bad_credentials_file_naming_the_line(tmp_path: Path) -> None:
     credentials = write_records(tmp_path / "vehicles.jsonl", RECORDS[:1])
     with credentials.open("a") as out:
