@@ -1,7 +1,8 @@
 """Runs one fleet import in a process of its own, so that its peak memory is its own.
 
 Usage: python -m otacm.bench._import_child DATABASE_URL FILE; prints a JSON line with the
-seconds, ECU rows and peak RSS (MB) of the import.
+seconds, ECU rows, peak RSS (MB) of the import, and whether it was a first load into an
+empty registry.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(url: str, path: str) -> None:
                 "seconds": seconds,
                 "rows": counts.ecus_created + counts.ecus_unchanged + counts.ecus_updated,
                 "rejected": report.records_rejected,
+                "first_load": report.first_load,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
         )

@@ -60,8 +60,11 @@ def raw_copy(engine: Engine, csv_path: Path) -> tuple[float, int]:
     return elapsed(), rows
 
 
-def import_into(engine: Engine, path: Path, peaks: list[float]) -> tuple[float, int]:
-    """Import in a child process: its peak memory is the importer's alone."""
+def import_into(
+    engine: Engine, path: Path, peaks: list[float], paths: list[str] | None = None
+) -> tuple[float, int]:
+    """Import in a child process: its peak memory is the importer's alone. `paths` gets the
+    way the import went (a first load into an empty registry, or batch by batch)."""
     url = engine.url.render_as_string(hide_password=False)
     child = subprocess.run(
         [sys.executable, "-m", "otacm.bench._import_child", url, str(path)],
@@ -73,6 +76,8 @@ def import_into(engine: Engine, path: Path, peaks: list[float]) -> tuple[float, 
     if result["rejected"]:
         raise RuntimeError(f"the benchmark file had {result['rejected']} rejected records")
     peaks.append(result["peak_rss_mb"])
+    if paths is not None:
+        paths.append("first load, one transaction" if result["first_load"] else "batch by batch")
     return float(result["seconds"]), int(result["rows"])
 
 
@@ -145,7 +150,8 @@ def run(
             baseline_rate = rows / seconds
             report.add(Result("PostgreSQL raw COPY of the ECU rows (baseline)", seconds, rows))
             upgrade(engine)
-            seconds, rows = import_into(engine, jsonl, peaks)
+            paths: list[str] = []
+            seconds, rows = import_into(engine, jsonl, peaks, paths)
             report.add(
                 Result(
                     "PostgreSQL: import into an empty registry",
@@ -157,7 +163,8 @@ def run(
                 )
             )
             first = seconds
-            seconds, rows = import_into(engine, jsonl, peaks)
+            seconds, rows = import_into(engine, jsonl, peaks, paths)
+            report.facts["PostgreSQL import, then re-import"] = " / ".join(paths)
             report.add(
                 Result(
                     "PostgreSQL: re-import, all unchanged",
@@ -181,7 +188,9 @@ def run(
             old.unlink()
         engine = make_engine(f"sqlite:///{path}")
         upgrade(engine)
-        seconds, rows = import_into(engine, jsonl, peaks)
+        sqlite_paths: list[str] = []
+        seconds, rows = import_into(engine, jsonl, peaks, sqlite_paths)
+        report.facts["SQLite import"] = sqlite_paths[0]
         report.add(
             Result(
                 "SQLite: import into an empty registry",

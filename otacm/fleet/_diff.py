@@ -108,7 +108,7 @@ class BatchDiff:
     new_ecus: list[tuple[Any, ...]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
     # Vehicles this batch creates, by VIN: what a repeat of the VIN must restate exactly.
-    created: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    created: dict[str, VehicleRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.now_value = self.timestamp(self.now)
@@ -122,7 +122,8 @@ class BatchDiff:
         exported_at = record.exported_at
         created = self.created.get(record.vin)
         if created is not None:
-            if created != _signature(record):
+            # Compared only when a VIN repeats: most records never need their signature.
+            if _signature(created) != _signature(record):
                 raise RecordConflict(
                     "vin",
                     f"VIN repeats line {self.repeated_vins[record.vin]} of this file "
@@ -156,7 +157,7 @@ class BatchDiff:
             vehicle_id = next(self.new_ids)
             stored = StoredVehicle(vehicle_id, record.vin, data, exported_at)
             self.vehicles[record.vin] = stored
-            self.created[record.vin] = _signature(record)
+            self.created[record.vin] = record
             ts = self.timestamp
             self.new_vehicles.append(
                 (

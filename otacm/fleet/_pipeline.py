@@ -48,51 +48,67 @@ def collector_paused() -> Iterator[None]:
 Validated = list[tuple[RawRecord, VehicleRecord | None]]
 
 
-def read_ahead(
-    batches: Iterator[list[RawRecord]], policy: VinCheckDigitPolicy
-) -> Iterator[Validated]:
+class ReadAhead:
     """Parse and validate the next batches in a thread while the caller writes this one.
 
     The database does its share of the work in its own process (PostgreSQL) or with the
     interpreter lock released (SQLite), so reading ahead keeps both cores busy. At most two
     batches wait, which bounds memory.
     """
-    done = object()
-    queue: Queue[Any] = Queue(maxsize=2)
-    stop = threading.Event()
 
-    def offer(item: Any) -> bool:
+    def __init__(self, batches: Iterator[list[RawRecord]], policy: VinCheckDigitPolicy) -> None:
+        self._queue: Queue[Any] = Queue(maxsize=2)
+        self._stop = threading.Event()
+        self._batches, self._policy = batches, policy
+        self._thread = threading.Thread(target=self._produce, name="fleet-import-reader")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _offer(self, item: Any) -> bool:
         """Hand `item` over unless the consumer has gone away."""
-        while not stop.is_set():
+        while not self._stop.is_set():
             try:
-                queue.put(item, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return True
             except Full:
                 continue
         return False
 
-    def produce() -> None:
+    def _produce(self) -> None:
+        policy = self._policy
         try:
-            for batch in batches:
+            for batch in self._batches:
                 validated = [
                     (raw, None if raw.problems else validate_record(raw, policy)) for raw in batch
                 ]
-                if not offer(validated):
+                if not self._offer(validated):
                     return
-            offer(done)
+            self._offer(_DONE)
         except BaseException as exc:  # handed to the consumer, which raises it
-            offer(exc)
+            self._offer(exc)
 
-    thread = threading.Thread(target=produce, name="fleet-import-reader", daemon=True)
-    thread.start()
-    try:
-        while (item := queue.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join(timeout=5)
+    def __iter__(self) -> Iterator[Validated]:
+        try:
+            while (item := self._queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.close()
+
+    def close(self, *, wait: bool = False) -> None:
+        """Stop reading. With `wait`, return only once the thread has let go of the stream
+        (the caller reads it again from the start); otherwise give it a few seconds, so that
+        an interrupted import never hangs on a stalled upload."""
+        self._stop.set()
+        self._thread.join(timeout=None if wait else 5)
+
+
+_DONE = object()
+
+
+def read_ahead(batches: Iterator[list[RawRecord]], policy: VinCheckDigitPolicy) -> ReadAhead:
+    return ReadAhead(batches, policy)
 
 
 def batches_of(records: Iterator[RawRecord], size: int) -> Iterator[list[RawRecord]]:

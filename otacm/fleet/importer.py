@@ -3,19 +3,28 @@
 Each batch of vehicles is validated, compared with what the registry holds and written in one
 transaction, so an interruption loses at most the batch in flight and never half a vehicle. In
 strict mode the whole file is one transaction that is rolled back if any record is bad.
+
+A first load, into an empty registry, is one transaction instead (`_FirstLoad`): nothing to
+compare with, the secondary indexes dropped at its start and built at its end. An interruption
+leaves the registry empty. For its whole duration it holds the `vehicles` and `ecus` tables
+exclusively on PostgreSQL (readers of the registry wait until it commits) and the database's
+write lock on SQLite (readers go on seeing the empty registry).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import gc
-from collections.abc import Callable, Iterator
+import io
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from sqlalchemy import Connection, Engine, insert, update
 from sqlalchemy.orm import Session
@@ -29,9 +38,18 @@ from otacm.fleet._bulk import (
     VEHICLE_COLUMNS,
     VEHICLE_UPDATE_COLUMNS,
     BulkIO,
+    Registry,
+    is_repeated_key,
 )
 from otacm.fleet._diff import BatchDiff, Counts, RecordConflict, StoredEcu
-from otacm.fleet._pipeline import COLLECT_EVERY, Validated, batches_of, collector_paused, read_ahead
+from otacm.fleet._pipeline import (
+    COLLECT_EVERY,
+    ReadAhead,
+    Validated,
+    batches_of,
+    collector_paused,
+    read_ahead,
+)
 from otacm.fleet.models import FleetImport, FleetImportRejection
 from otacm.fleet.parser import ImportFileError, csv_column, open_export
 from otacm.fleet.records import Problem, RawRecord, VehicleRecord
@@ -42,6 +60,12 @@ from otacm.security.audit import SYSTEM, Actor
 IMPORT_LOCK_KEY = 0x07AC_F1EE
 # Rejections a strict import keeps for its report while it decides to take nothing.
 STRICT_REJECTION_LIMIT = 100_000
+# How long a first load waits for the registry's tables (PostgreSQL) before it leaves the
+# import to the batch path: long-running readers must not keep the import waiting.
+FIRST_LOAD_LOCK_TIMEOUT_S = 10.0
+# Server memory PostgreSQL may use to sort each index a first load builds at its end; the
+# default (64 MB) spills 12 million keys to disk in many runs.
+FIRST_LOAD_INDEX_MEMORY = "1GB"
 
 
 @dataclass(slots=True)
@@ -68,6 +92,8 @@ class ImportReport:
     error: str | None = None
     started_at: datetime = field(default_factory=utcnow)
     finished_at: datetime | None = None
+    # Whether the import went into an empty registry as one transaction (see _FirstLoad).
+    first_load: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -98,6 +124,10 @@ def run_import(
     writer commits the previous batch meanwhile. A batch that touches a VIN or ECU serial of
     the batch being written waits for that write, so every plan reads committed data. A strict
     import is one transaction, so there it plans and writes on one connection, in turn.
+
+    Into an empty registry, a file that can be read twice (a file, an upload spooled to disk)
+    is loaded as one transaction instead (`_FirstLoad`); it gives the same registry, report
+    and rejections.
 
     Raises:
         ImportFileError: the file as a whole is unreadable (empty, no usable header); nothing
@@ -130,22 +160,42 @@ def run_import(
             write_conn.commit()
         planner.bulk.create_seen_tables()
         read_conn.commit()
+        # One buffered reader for the whole import: a first load that gives way reads the
+        # file again from `origin` through it.
+        buffered: IO[bytes] = (
+            stream
+            if isinstance(stream, io.BufferedReader)
+            else io.BufferedReader(cast(Any, stream))
+        )
+        origin = buffered.tell() if buffered.seekable() else None
         try:
-            reader = open_export(stream, settings.import_max_line_bytes)
+            reader = open_export(buffered, settings.import_max_line_bytes)
         except ImportFileError as exc:
             _finish(engine, report, "failed", error=exc.detail)
             raise
         report.format, report.compressed = reader.format, reader.compressed
         planner.jsonl = reader.format == "jsonl"
-        batches = read_ahead(
-            batches_of(reader.records, settings.import_batch_size), settings.vin_check_digit
-        )
+
+        def validated(records: Iterator[RawRecord]) -> ReadAhead:
+            return read_ahead(
+                batches_of(records, settings.import_batch_size), settings.vin_check_digit
+            )
+
         keep = settings.import_report_rejections
         with collector_paused():
-            if strict:
-                _import_strict(batches, planner, writer, report, keep, on_batch)
-            else:
-                _import_pipelined(batches, planner, writer, report, keep, on_batch)
+            outcome = _Outcome.DECLINED
+            if origin is not None:
+                first_load = _FirstLoad(writer, planner, report, strict, keep, on_batch)
+                outcome = first_load.run(lambda: validated(reader.records))
+                if outcome is _Outcome.GAVE_WAY:
+                    buffered.seek(origin)
+                    reader = open_export(buffered, settings.import_max_line_bytes)
+            if outcome is not _Outcome.LOADED:
+                batches = validated(reader.records)
+                if strict:
+                    _import_strict(batches, planner, writer, report, keep, on_batch)
+                else:
+                    _import_pipelined(batches, planner, writer, report, keep, on_batch)
         status = (
             "completed"
             if not report.records_rejected
@@ -201,7 +251,7 @@ class _SqliteImportLock:
 
 
 def _import_pipelined(
-    batches: Iterator[Validated],
+    batches: Iterable[Validated],
     planner: _Planner,
     writer: _Writer,
     report: ImportReport,
@@ -240,7 +290,7 @@ def _import_pipelined(
 
 
 def _import_strict(
-    batches: Iterator[Validated],
+    batches: Iterable[Validated],
     planner: _Planner,
     writer: _Writer,
     report: ImportReport,
@@ -286,6 +336,8 @@ class _Planner:
         self.engine = engine
         self.commit_reads = commit_reads
         self.jsonl = False
+        # Records rejected for what they contradict (not for their own defects).
+        self.conflicts = 0
 
     def _reject(self, raw: RawRecord, problems: list[Problem], out: list[Rejection]) -> None:
         self.report.records_rejected += 1
@@ -313,12 +365,12 @@ class _Planner:
         vins = list(dict.fromkeys(r.vin for _, r in valid))
         serials = list(dict.fromkeys(e.serial for _, r in valid for e in r.ecus))
         keys = {*vins, *serials}
-        new_ids = self.bulk.vehicle_ids(len(vins), self.engine)
+        new_ids = self._new_ids(len(vins))
         wait_for(keys)
         diff = self._load_state(vins, serials, new_ids)
         # VINs taken earlier in this file: repeats of the batch's own, and owners of its ECUs.
         owner_vins = {e.owner_vin for e in diff.ecus.values()}
-        seen = self.bulk.seen_vins(list(owner_vins.union(vins)))
+        seen = self._seen_vins(list(owner_vins.union(vins)))
         batch_vins = set(vins)
         diff.repeated_vins = {vin: line for vin, line in seen.items() if vin in batch_vins}
         owners: dict[str, tuple[str, int]] = {}
@@ -326,11 +378,13 @@ class _Planner:
         for raw, record in valid:
             clash = _serial_clash(record, self.report.import_id, diff, seen, owners)
             if clash:
+                self.conflicts += 1
                 self._reject(raw, [clash], rejected)
                 continue
             try:
                 taken = diff.apply(record, raw.line)
             except RecordConflict as conflict:
+                self.conflicts += 1
                 self._reject(
                     raw, [Problem(conflict.field, conflict.reason, conflict.ecu)], rejected
                 )
@@ -341,11 +395,20 @@ class _Planner:
                 for ecu in record.ecus:
                     owners.setdefault(ecu.serial, (record.vin, raw.line))
         self.report.counts.add(diff.counts)
-        self.bulk.remember(list(first_seen.items()))
+        self._remember(list(first_seen.items()))
         if self.commit_reads:
             # Ends the read snapshot, so that the next plan sees the batches written meanwhile.
             self.bulk.conn.commit()
         return _Plan(diff, rejected, keys)
+
+    def _new_ids(self, count: int) -> Iterator[int]:
+        return self.bulk.vehicle_ids(count, self.engine)
+
+    def _seen_vins(self, vins: list[str]) -> dict[str, int]:
+        return self.bulk.seen_vins(vins)
+
+    def _remember(self, vins: list[tuple[str, int]]) -> None:
+        self.bulk.remember(vins)
 
     def _load_state(self, vins: list[str], serials: list[str], new_ids: Iterator[int]) -> BatchDiff:
         bulk = self.bulk
@@ -364,6 +427,182 @@ class _Planner:
         )
 
 
+class _Repeat(Exception):
+    """A later batch of a first load may repeat a VIN or serial of an earlier one."""
+
+
+class _Outcome(enum.Enum):
+    DECLINED = "the registry is not empty, or its tables stayed busy: nothing was read"
+    LOADED = "the import is done"
+    GAVE_WAY = "rolled back: the batch path must import the file from its start"
+
+
+class _EmptyRegistryPlanner(_Planner):
+    """Plans batches for a first load: nothing is stored, so there is nothing to look up.
+
+    Within a batch the plan works as usual (repeats of a VIN or serial are seen in memory);
+    across batches the unique indexes see them, and the load gives way (see `_FirstLoad`).
+    """
+
+    def __init__(
+        self, planner: _Planner, ids_from: BulkIO | None, vehicle_ids: Iterator[int] | None
+    ) -> None:
+        # Reads nothing but ids: from a connection of its own (PostgreSQL's sequence, beside
+        # the loading transaction) or counted by the load itself (SQLite).
+        super().__init__(
+            ids_from or planner.bulk, planner.report, planner.engine, commit_reads=False
+        )
+        self.jsonl = planner.jsonl
+        self._vehicle_ids = vehicle_ids
+
+    def _new_ids(self, count: int) -> Iterator[int]:
+        if self._vehicle_ids is None:
+            return super()._new_ids(count)
+        return itertools.islice(self._vehicle_ids, count)
+
+    def _load_state(self, vins: list[str], serials: list[str], new_ids: Iterator[int]) -> BatchDiff:
+        return BatchDiff(self.report.import_id, utcnow(), self.bulk.timestamp, {}, {}, {}, new_ids)
+
+    def _seen_vins(self, vins: list[str]) -> dict[str, int]:
+        return {}
+
+    def _remember(self, vins: list[tuple[str, int]]) -> None:
+        pass
+
+
+class _FirstLoad:
+    """An import into an empty registry, as one transaction on the writing connection.
+
+    With nothing stored there is nothing to look up or compare with: each batch is planned
+    against an empty state and its rows appended, and the indexes whose upkeep row by row
+    costs most are dropped at the start and built from the loaded rows at the end.
+
+    Why the result is the batch path's: on an empty registry a batch's plan depends on earlier
+    batches only through the VINs and ECU serials they took, and within a batch the plan sees
+    repeats as usual. A record of a later batch that names a VIN or serial an earlier batch
+    took is one of two kinds. Taken, its rows break a unique index (the VIN's at once, the
+    serial's when it is rebuilt). Rejected by the plan (it contradicts a record of its own
+    batch), it writes nothing, and the batch path might have rejected it for the earlier
+    batch's record instead: so any such rejection after the first batch counts as a repeat.
+    On a repeat the whole load is rolled back and the import starts over on the batch path
+    (`_Outcome.GAVE_WAY`), which reports it exactly.
+
+    Interruption and concurrency: the data, the dropped indexes and the rejections are one
+    transaction, so a kill, a lost connection or an error leaves the registry empty with its
+    indexes as they were. Imports are serialised by their lock (advisory on PostgreSQL, a
+    file lock on SQLite); other writers are kept out by the table lock (PostgreSQL, which
+    also makes readers of `vehicles` and `ecus` wait until the load commits) or the write
+    lock (SQLite). The registry is checked to be empty under that lock.
+    """
+
+    def __init__(
+        self,
+        writer: _Writer,
+        planner: _Planner,
+        report: ImportReport,
+        strict: bool,
+        keep: int,
+        on_batch: Callable[[ImportReport], None] | None,
+    ) -> None:
+        self.writer, self.planner, self.report = writer, planner, report
+        self.strict, self.keep, self.on_batch = strict, keep, on_batch
+        self.in_flight: Future[None] | None = None
+
+    def run(self, make_batches: Callable[[], ReadAhead]) -> _Outcome:
+        conn = self.writer.bulk.conn
+        registry = Registry(self.writer.bulk)
+        batches: ReadAhead | None = None
+        ids_conn: Connection | None = None
+        conn.begin()
+        try:
+            if not (
+                registry.may_set_indexes_aside()
+                and registry.lock(FIRST_LOAD_LOCK_TIMEOUT_S)
+                and registry.is_empty()
+            ):
+                conn.rollback()
+                return _Outcome.DECLINED
+            registry.set_indexes_aside()
+            ids: Iterator[int] | None = None
+            if self.writer.bulk.postgresql:
+                ids_conn = self.planner.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT"
+                )
+                planner = _EmptyRegistryPlanner(self.planner, BulkIO(ids_conn), None)
+            else:
+                # No sequence: holding the write lock, the load counts ids itself.
+                ids = itertools.count(registry.first_vehicle_id())
+                planner = _EmptyRegistryPlanner(self.planner, None, ids)
+            self.report.first_load = True
+            batches = make_batches()
+            kept = self._load(batches, planner)
+            if self.report.records_rejected and self.strict:
+                conn.rollback()
+                self.report.counts = Counts()
+                with conn.begin():
+                    _store_rejections(conn, self.report.import_id, kept)
+                return _Outcome.LOADED
+            registry.rebuild_indexes(FIRST_LOAD_INDEX_MEMORY)
+            if ids is not None:
+                registry.ids_used_below(next(ids))
+            conn.commit()
+            return _Outcome.LOADED
+        except BaseException as exc:
+            self._settle_quietly()
+            if conn.in_transaction():
+                conn.rollback()
+            repeat = isinstance(exc, _Repeat) or is_repeated_key(exc)
+            if batches is not None:
+                # Before the file is read again, the reader must have let go of it.
+                batches.close(wait=repeat)
+            if not repeat:
+                raise
+            # The batch path takes over from the start of the file, with a fresh report.
+            report = self.report
+            report.records_read = report.records_rejected = 0
+            report.counts, report.rejections, report.first_load = Counts(), [], False
+            return _Outcome.GAVE_WAY
+        finally:
+            if ids_conn is not None:
+                ids_conn.close()
+
+    def _load(self, batches: ReadAhead, planner: _EmptyRegistryPlanner) -> list[Rejection]:
+        report, keep, strict = self.report, self.keep, self.strict
+        kept: list[Rejection] = []
+        for number, batch in enumerate(batches, 1):
+            if number % COLLECT_EVERY == 0:
+                gc.collect()
+            conflicts = planner.conflicts
+            plan = planner.plan(batch, lambda _keys: None)
+            if planner.conflicts > conflicts and number > 1:
+                raise _Repeat
+            report.rejections.extend(plan.rejected[: keep - len(report.rejections)])
+            if strict:
+                kept.extend(plan.rejected[: max(0, STRICT_REJECTION_LIMIT - len(kept))])
+            self._settle()
+            # After a strict import's first bad record nothing will be kept: write nothing.
+            if not (strict and report.records_rejected):
+                self.in_flight = self.writer.submit_rows(plan, rejections=not strict)
+            elif self.on_batch:
+                self.on_batch(report)
+        self._settle()
+        return kept
+
+    def _settle(self) -> None:
+        if self.in_flight is not None:
+            future, self.in_flight = self.in_flight, None
+            future.result()
+            if self.on_batch:
+                self.on_batch(self.report)
+
+    def _settle_quietly(self) -> None:
+        """Let a write in flight end before the transaction is rolled back under it."""
+        if self.in_flight is not None:
+            with contextlib.suppress(BaseException):
+                self.in_flight.result()
+            self.in_flight = None
+
+
 class _Writer:
     """Writes planned batches, one transaction each, on a thread of its own."""
 
@@ -373,10 +612,22 @@ class _Writer:
         self._executor: ThreadPoolExecutor | None = None
 
     def submit(self, plan: _Plan) -> Future[None]:
+        summary = self.report.summary()
+        return self._thread().submit(self._write_batch, plan, summary)
+
+    def submit_rows(self, plan: _Plan, *, rejections: bool) -> Future[None]:
+        """Write the plan's rows (and rejections) in the transaction the connection is in."""
+        return self._thread().submit(self._write_rows_and_rejections, plan, rejections)
+
+    def _thread(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="fleet-import-writer")
-        summary = self.report.summary()
-        return self._executor.submit(self._write_batch, plan, summary)
+        return self._executor
+
+    def _write_rows_and_rejections(self, plan: _Plan, rejections: bool) -> None:
+        self.write_rows(plan)
+        if rejections:
+            _store_rejections(self.bulk.conn, self.report.import_id, plan.rejected)
 
     def _write_batch(self, plan: _Plan, summary: dict[str, Any]) -> None:
         conn = self.bulk.conn
