@@ -3,9 +3,6 @@ every other vehicle, why not (with charts of the reasons and breakdowns), downlo
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -17,13 +14,11 @@ from sqlalchemy.orm import Session
 from otacm.console import charts, selection_form
 from otacm.console.forms import FormErrors, service_errors, validation_errors
 from otacm.console.web import ConsoleSession, can_view, console_router, query_string, render
-from otacm.db import unit_of_work
 from otacm.errors import OtacmError, ValidationFailed
 from otacm.security.auth import Principal
 from otacm.security.permissions import Permission
-from otacm.targeting import service
+from otacm.targeting import endpoints, service
 from otacm.targeting.eligibility import Reason
-from otacm.targeting.endpoints import LIST_COLUMNS
 from otacm.targeting.query_language import QueryError
 from otacm.targeting.schemas import PreviewOut, PreviewRequest
 from otacm.updates.models import SoftwareUpdate
@@ -180,25 +175,8 @@ def vehicle_list(
             "the preview is not valid: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
         )
     wanted = [Reason(r) for r in params.getlist("reason") if r in {x.value for x in Reason}]
-    factory = request.app.state.session_factory
-    with unit_of_work(factory) as session:  # a bad request is an error, not a cut stream
-        service.plan_for(session, body)
-
-    def lines() -> Iterator[bytes]:
-        with unit_of_work(factory) as session:
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=LIST_COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            for n, row in enumerate(service.preview_rows(session, body, wanted), start=1):
-                writer.writerow(row)
-                if n % 1000 == 0:
-                    yield buffer.getvalue().encode()
-                    buffer.seek(0)
-                    buffer.truncate()
-            yield buffer.getvalue().encode()
-
     return StreamingResponse(
-        lines(),
+        endpoints.vehicle_list(request.app.state.session_factory, body, wanted, "csv"),
         media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="targeting.csv"'},
     )

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session, sessionmaker
 
 from otacm.db import unit_of_work
 from otacm.deps import SessionDep
@@ -57,14 +58,28 @@ def preview_vehicles(
     format: Literal["jsonl", "csv"] = "jsonl",
 ) -> StreamingResponse:
     """Every vehicle of the preview with its reason (only the given reasons), streamed."""
-    factory = request.app.state.session_factory
-    # Planned before the answer starts, so that a bad request is an error, not a cut stream.
+    media = "application/x-ndjson" if format == "jsonl" else "text/csv"
+    return StreamingResponse(
+        vehicle_list(request.app.state.session_factory, body, reason, format), media_type=media
+    )
+
+
+def vehicle_list(
+    factory: sessionmaker[Session],
+    body: PreviewRequest,
+    reasons: list[Reason],
+    format: Literal["jsonl", "csv"],
+) -> Iterator[bytes]:
+    """Every vehicle of the preview with its reason, as chunks of JSON Lines or CSV.
+
+    The preview is planned before the first chunk is asked for, so that a bad request raises
+    here (an error answer), not in the middle of a stream."""
     with unit_of_work(factory) as session:
         service.plan_for(session, body)
 
     def lines() -> Iterator[bytes]:
         with unit_of_work(factory) as session:
-            rows = service.preview_rows(session, body, reason)
+            rows = service.preview_rows(session, body, reasons)
             if format == "jsonl":
                 for row in rows:
                     yield orjson.dumps(row) + b"\n"
@@ -80,8 +95,7 @@ def preview_vehicles(
                     buffer.truncate()
             yield buffer.getvalue().encode()
 
-    media = "application/x-ndjson" if format == "jsonl" else "text/csv"
-    return StreamingResponse(lines(), media_type=media)
+    return lines()
 
 
 @router.get("/vehicles/{vin}/updates", response_model=VehicleUpdatesOut)
