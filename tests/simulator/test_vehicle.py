@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from otacm.campaigns.states import VEHICLE_EVENTS
 from otacm.simulator.records import InvalidRecord, ProvisioningRecord, read_records
 from otacm.simulator.vehicle import (
     ConditionModel,
@@ -219,3 +220,9 @@ def test_the_vehicle_state_survives_a_restart(tmp_path: Path) -> None:
     state.save(path)
     assert VehicleState.load(path, provisioned) == state
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_the_clients_events_are_exactly_those_the_server_takes_from_vehicles() -> None:
+    # The reference client spells the protocol out on its own (docs/vehicle-api.md) rather than
+    # importing the server's states; this keeps the two vocabularies the same.
+    assert {kind.value for kind in EventKind} == {event.value for event in VEHICLE_EVENTS}
