@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from otacm.campaigns.deployments import apply_event
@@ -111,24 +111,28 @@ def _no_longer_applies(
     return None, {s for d in decision.eligible_updates for s in d.ecu_serials}
 
 
+def in_open_waves(vehicle_id: int) -> Select[Deployment, Campaign]:
+    """The vehicle's deployments whose wave is open, with their campaigns."""
+    return (
+        select(Deployment, Campaign)
+        .join(Campaign, Campaign.id == Deployment.campaign_id)
+        .join(
+            CampaignWave,
+            (CampaignWave.campaign_id == Deployment.campaign_id)
+            & (CampaignWave.number == Deployment.wave),
+        )
+        .where(Deployment.vehicle_id == vehicle_id, CampaignWave.opened_at.is_not(None))
+    )
+
+
 def offers_for(session: Session, vehicle: Vehicle, now: datetime) -> list[Offer]:
     """Make the offers due for `vehicle` now and return every deployment it has in flight,
     highest priority first. The caller commits."""
     rows = session.execute(
         _lock(
             session,
-            select(Deployment, Campaign)
-            .join(Campaign, Campaign.id == Deployment.campaign_id)
-            .join(
-                CampaignWave,
-                (CampaignWave.campaign_id == Deployment.campaign_id)
-                & (CampaignWave.number == Deployment.wave),
-            )
-            .where(
-                Deployment.vehicle_id == vehicle.id,
-                Deployment.state.in_([s.value for s in {DeploymentState.PENDING} | ACTIVE]),
-                CampaignWave.opened_at.is_not(None),
-            )
+            in_open_waves(vehicle.id)
+            .where(Deployment.state.in_([s.value for s in {DeploymentState.PENDING} | ACTIVE]))
             .order_by(Campaign.priority.desc(), Campaign.id, Deployment.id),
         )
     ).all()

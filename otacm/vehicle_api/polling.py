@@ -19,11 +19,10 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from otacm.campaigns.models import Campaign, CampaignWave, Deployment
-from otacm.campaigns.offers import Offer, offers_for
+from otacm.campaigns.models import Campaign, Deployment
+from otacm.campaigns.offers import Offer, in_open_waves, offers_for
 from otacm.campaigns.policy import RolloutPolicy, current_window_end, next_window_start
 from otacm.campaigns.schemas import CampaignState
 from otacm.campaigns.states import DeploymentState
@@ -147,17 +146,8 @@ def _announce_waiting(
     """A `scheduled` notice for each deployment whose wave is open but whose campaign's
     maintenance window is not: the customer learns when it will come."""
     rows = session.execute(
-        select(Deployment, Campaign)
-        .join(Campaign, Campaign.id == Deployment.campaign_id)
-        .join(
-            CampaignWave,
-            (CampaignWave.campaign_id == Deployment.campaign_id)
-            & (CampaignWave.number == Deployment.wave),
-        )
-        .where(
-            Deployment.vehicle_id == vehicle.id,
+        in_open_waves(vehicle.id).where(
             Deployment.state == DeploymentState.PENDING.value,
-            CampaignWave.opened_at.is_not(None),
             Campaign.state == CampaignState.RUNNING.value,
         )
     ).all()
