@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     import_max_line_bytes: int = Field(default=1_048_576, ge=1024)
     # Rejected records kept in one import's answer; all of them stay queryable.
     import_report_rejections: int = Field(default=1000, ge=0)
+    # Worker processes that parse a first load (an import into an empty registry) of JSON
+    # Lines; 0 means one per CPU. Files smaller than `import_parallel_min_bytes` are parsed
+    # by the importing process alone: starting workers costs more than they would save.
+    import_workers: int = Field(default=0, ge=0, le=64)
+    import_parallel_min_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
 
     # Artifact storage: a directory on local disk, or an S3-compatible bucket (credentials come
     # from boto3's usual chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, roles).

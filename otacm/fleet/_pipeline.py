@@ -14,6 +14,8 @@ from otacm.config import VinCheckDigitPolicy
 from otacm.fleet.parser import TruncatedFile
 from otacm.fleet.records import Problem, RawRecord, VehicleRecord, validate_record
 
+Validated = list[tuple[RawRecord, VehicleRecord | None]]
+
 # Batches between two runs of the (otherwise paused) garbage collector.
 COLLECT_EVERY = 25
 
@@ -43,9 +45,6 @@ def collector_paused() -> Iterator[None]:
                 gc.enable()
         if _collector_pauses == 0:
             gc.collect()
-
-
-Validated = list[tuple[RawRecord, VehicleRecord | None]]
 
 
 class ReadAhead:

@@ -13,14 +13,19 @@ write lock on SQLite (readers go on seeing the empty registry).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import fcntl
+import functools
 import gc
 import io
-import itertools
+import logging
+import multiprocessing
+import os
+import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +46,15 @@ from otacm.fleet._bulk import (
     Registry,
     is_repeated_key,
 )
-from otacm.fleet._diff import BatchDiff, Counts, RecordConflict, StoredEcu
+from otacm.fleet._diff import BatchDiff, Counts, StoredEcu
+from otacm.fleet._load import (
+    LoadedChunk,
+    LoadJob,
+    jsonl_chunks,
+    load_batch,
+    load_lines,
+    worker_started,
+)
 from otacm.fleet._pipeline import (
     COLLECT_EVERY,
     ReadAhead,
@@ -50,11 +63,14 @@ from otacm.fleet._pipeline import (
     collector_paused,
     read_ahead,
 )
+from otacm.fleet._plan import Plan, PlannerBase, Rejection
 from otacm.fleet.models import FleetImport, FleetImportRejection
-from otacm.fleet.parser import ImportFileError, csv_column, open_export
-from otacm.fleet.records import Problem, RawRecord, VehicleRecord
+from otacm.fleet.parser import ExportReader, ImportFileError, open_export
+from otacm.fleet.records import RawRecord
 from otacm.security import audit
 from otacm.security.audit import SYSTEM, Actor
+
+log = logging.getLogger(__name__)
 
 # One fleet import at a time per PostgreSQL database (SQLite serialises writers by itself).
 IMPORT_LOCK_KEY = 0x07AC_F1EE
@@ -66,14 +82,6 @@ FIRST_LOAD_LOCK_TIMEOUT_S = 10.0
 # Server memory PostgreSQL may use to sort each index a first load builds at its end; the
 # default (64 MB) spills 12 million keys to disk in many runs.
 FIRST_LOAD_INDEX_MEMORY = "1GB"
-
-
-@dataclass(slots=True)
-class Rejection:
-    line: int
-    vin: str | None
-    field: str | None
-    reason: str
 
 
 @dataclass
@@ -168,6 +176,10 @@ def run_import(
             else io.BufferedReader(cast(Any, stream))
         )
         origin = buffered.tell() if buffered.seekable() else None
+        size = None
+        if origin is not None:
+            size = buffered.seek(0, io.SEEK_END) - origin
+            buffered.seek(origin)
         try:
             reader = open_export(buffered, settings.import_max_line_bytes)
         except ImportFileError as exc:
@@ -186,7 +198,16 @@ def run_import(
             outcome = _Outcome.DECLINED
             if origin is not None:
                 first_load = _FirstLoad(writer, planner, report, strict, keep, on_batch)
-                outcome = first_load.run(lambda: validated(reader.records))
+                job = LoadJob(
+                    report.import_id,
+                    reader.format == "jsonl",
+                    settings.vin_check_digit,
+                    settings.import_max_line_bytes,
+                    writer.bulk.postgresql,
+                )
+                outcome = first_load.run(
+                    lambda first_id: _Chunks.of(reader, job, settings, size or 0, first_id)
+                )
                 if outcome is _Outcome.GAVE_WAY:
                     buffered.seek(origin)
                     reader = open_export(buffered, settings.import_max_line_bytes)
@@ -318,88 +339,22 @@ def _import_strict(
         _store_rejections(conn, report.import_id, kept)
 
 
-@dataclass
-class _Plan:
-    diff: BatchDiff
-    rejected: list[Rejection]
-    keys: set[str]  # the VINs and ECU serials the batch reads or writes
-
-
-class _Planner:
+class _Planner(PlannerBase):
     """Works out what a batch changes, reading committed state on its own connection."""
 
     def __init__(
         self, bulk: BulkIO, report: ImportReport, engine: Engine, *, commit_reads: bool
     ) -> None:
+        super().__init__(report, report.import_id, bulk.timestamp)
         self.bulk = bulk
         self.report = report
         self.engine = engine
         self.commit_reads = commit_reads
-        self.jsonl = False
-        # Records rejected for what they contradict (not for their own defects).
-        self.conflicts = 0
 
-    def _reject(self, raw: RawRecord, problems: list[Problem], out: list[Rejection]) -> None:
-        self.report.records_rejected += 1
-        vin = raw.fields.get("vin")
-        vin = vin.strip()[:64] if isinstance(vin, str) else None
-        for p in problems:
-            line = raw.line
-            name = p.field
-            if p.ecu is not None:
-                if p.ecu < len(raw.ecu_lines):
-                    line = raw.ecu_lines[p.ecu]
-                if self.jsonl and name:
-                    name = f"ecus[{p.ecu}].{name}"
-            out.append(Rejection(line, vin, name if self.jsonl else csv_column(name), p.reason))
-
-    def plan(self, batch: Validated, wait_for: Callable[[set[str]], None]) -> _Plan:
-        rejected: list[Rejection] = []
-        self.report.records_read += len(batch)
-        valid: list[tuple[RawRecord, VehicleRecord]] = []
-        for raw, record in batch:
-            if record is None:
-                self._reject(raw, raw.problems, rejected)
-            else:
-                valid.append((raw, record))
-        vins = list(dict.fromkeys(r.vin for _, r in valid))
-        serials = list(dict.fromkeys(e.serial for _, r in valid for e in r.ecus))
-        keys = {*vins, *serials}
-        new_ids = self._new_ids(len(vins))
-        wait_for(keys)
-        diff = self._load_state(vins, serials, new_ids)
-        # VINs taken earlier in this file: repeats of the batch's own, and owners of its ECUs.
-        owner_vins = {e.owner_vin for e in diff.ecus.values()}
-        seen = self._seen_vins(list(owner_vins.union(vins)))
-        batch_vins = set(vins)
-        diff.repeated_vins = {vin: line for vin, line in seen.items() if vin in batch_vins}
-        owners: dict[str, tuple[str, int]] = {}
-        first_seen: dict[str, int] = {}
-        for raw, record in valid:
-            clash = _serial_clash(record, self.report.import_id, diff, seen, owners)
-            if clash:
-                self.conflicts += 1
-                self._reject(raw, [clash], rejected)
-                continue
-            try:
-                taken = diff.apply(record, raw.line)
-            except RecordConflict as conflict:
-                self.conflicts += 1
-                self._reject(
-                    raw, [Problem(conflict.field, conflict.reason, conflict.ecu)], rejected
-                )
-                continue
-            if taken:
-                if record.vin not in seen:
-                    first_seen.setdefault(record.vin, raw.line)
-                for ecu in record.ecus:
-                    owners.setdefault(ecu.serial, (record.vin, raw.line))
-        self.report.counts.add(diff.counts)
-        self._remember(list(first_seen.items()))
+    def _end_reads(self) -> None:
         if self.commit_reads:
             # Ends the read snapshot, so that the next plan sees the batches written meanwhile.
             self.bulk.conn.commit()
-        return _Plan(diff, rejected, keys)
 
     def _new_ids(self, count: int) -> Iterator[int]:
         return self.bulk.vehicle_ids(count, self.engine)
@@ -413,7 +368,7 @@ class _Planner:
     def _load_state(self, vins: list[str], serials: list[str], new_ids: Iterator[int]) -> BatchDiff:
         bulk = self.bulk
         vehicles = bulk.stored_vehicles(vins)
-        stored = bulk.active_ecus_of([v.id for v in vehicles.values()])
+        stored = bulk.active_ecus_of(list(vehicles.values()))
         fitted = {e.serial for e in stored}
         stored += bulk.ecus_by_serial([s for s in serials if s not in fitted])
         ecus: dict[str, StoredEcu] = {}
@@ -422,9 +377,7 @@ class _Planner:
             ecus[ecu.serial] = ecu
             if ecu.removed_at is None:
                 active.setdefault(ecu.vehicle_id, []).append(ecu.serial)
-        return BatchDiff(
-            self.report.import_id, utcnow(), bulk.timestamp, vehicles, ecus, active, new_ids
-        )
+        return BatchDiff(self.import_id, utcnow(), bulk.timestamp, vehicles, ecus, active, new_ids)
 
 
 class _Repeat(Exception):
@@ -435,39 +388,6 @@ class _Outcome(enum.Enum):
     DECLINED = "the registry is not empty, or its tables stayed busy: nothing was read"
     LOADED = "the import is done"
     GAVE_WAY = "rolled back: the batch path must import the file from its start"
-
-
-class _EmptyRegistryPlanner(_Planner):
-    """Plans batches for a first load: nothing is stored, so there is nothing to look up.
-
-    Within a batch the plan works as usual (repeats of a VIN or serial are seen in memory);
-    across batches the unique indexes see them, and the load gives way (see `_FirstLoad`).
-    """
-
-    def __init__(
-        self, planner: _Planner, ids_from: BulkIO | None, vehicle_ids: Iterator[int] | None
-    ) -> None:
-        # Reads nothing but ids: from a connection of its own (PostgreSQL's sequence, beside
-        # the loading transaction) or counted by the load itself (SQLite).
-        super().__init__(
-            ids_from or planner.bulk, planner.report, planner.engine, commit_reads=False
-        )
-        self.jsonl = planner.jsonl
-        self._vehicle_ids = vehicle_ids
-
-    def _new_ids(self, count: int) -> Iterator[int]:
-        if self._vehicle_ids is None:
-            return super()._new_ids(count)
-        return itertools.islice(self._vehicle_ids, count)
-
-    def _load_state(self, vins: list[str], serials: list[str], new_ids: Iterator[int]) -> BatchDiff:
-        return BatchDiff(self.report.import_id, utcnow(), self.bulk.timestamp, {}, {}, {}, new_ids)
-
-    def _seen_vins(self, vins: list[str]) -> dict[str, int]:
-        return {}
-
-    def _remember(self, vins: list[tuple[str, int]]) -> None:
-        pass
 
 
 class _FirstLoad:
@@ -508,11 +428,10 @@ class _FirstLoad:
         self.strict, self.keep, self.on_batch = strict, keep, on_batch
         self.in_flight: Future[None] | None = None
 
-    def run(self, make_batches: Callable[[], ReadAhead]) -> _Outcome:
+    def run(self, make_chunks: Callable[[int], _Chunks]) -> _Outcome:
         conn = self.writer.bulk.conn
         registry = Registry(self.writer.bulk)
-        batches: ReadAhead | None = None
-        ids_conn: Connection | None = None
+        chunks: _Chunks | None = None
         conn.begin()
         try:
             if not (
@@ -523,19 +442,12 @@ class _FirstLoad:
                 conn.rollback()
                 return _Outcome.DECLINED
             registry.set_indexes_aside()
-            ids: Iterator[int] | None = None
-            if self.writer.bulk.postgresql:
-                ids_conn = self.planner.engine.connect().execution_options(
-                    isolation_level="AUTOCOMMIT"
-                )
-                planner = _EmptyRegistryPlanner(self.planner, BulkIO(ids_conn), None)
-            else:
-                # No sequence: holding the write lock, the load counts ids itself.
-                ids = itertools.count(registry.first_vehicle_id())
-                planner = _EmptyRegistryPlanner(self.planner, None, ids)
             self.report.first_load = True
-            batches = make_batches()
-            kept = self._load(batches, planner)
+            first_id = registry.first_vehicle_id()
+            chunks = make_chunks(first_id)
+            started = time.monotonic()
+            kept, next_id = self._load(chunks, first_id)
+            loaded = time.monotonic()
             if self.report.records_rejected and self.strict:
                 conn.rollback()
                 self.report.counts = Counts()
@@ -543,18 +455,25 @@ class _FirstLoad:
                     _store_rejections(conn, self.report.import_id, kept)
                 return _Outcome.LOADED
             registry.rebuild_indexes(FIRST_LOAD_INDEX_MEMORY)
-            if ids is not None:
-                registry.ids_used_below(next(ids))
+            registry.ids_used_below(next_id)
             conn.commit()
+            log.info(
+                "fleet import %s: first load of %d records: rows written in %.1f s, "
+                "indexes built in %.1f s",
+                self.report.import_id,
+                self.report.records_read,
+                loaded - started,
+                time.monotonic() - loaded,
+            )
             return _Outcome.LOADED
         except BaseException as exc:
             self._settle_quietly()
             if conn.in_transaction():
                 conn.rollback()
             repeat = isinstance(exc, _Repeat) or is_repeated_key(exc)
-            if batches is not None:
+            if chunks is not None:
                 # Before the file is read again, the reader must have let go of it.
-                batches.close(wait=repeat)
+                chunks.close(wait=repeat)
             if not repeat:
                 raise
             # The batch path takes over from the start of the file, with a fresh report.
@@ -563,30 +482,34 @@ class _FirstLoad:
             report.counts, report.rejections, report.first_load = Counts(), [], False
             return _Outcome.GAVE_WAY
         finally:
-            if ids_conn is not None:
-                ids_conn.close()
+            if chunks is not None:
+                chunks.close()
 
-    def _load(self, batches: ReadAhead, planner: _EmptyRegistryPlanner) -> list[Rejection]:
+    def _load(self, chunks: _Chunks, next_id: int) -> tuple[list[Rejection], int]:
+        """Write the chunks in the file's order; the rejections a strict import keeps, and
+        the first vehicle id no chunk used."""
         report, keep, strict = self.report, self.keep, self.strict
         kept: list[Rejection] = []
-        for number, batch in enumerate(batches, 1):
-            if number % COLLECT_EVERY == 0:
+        for chunk in chunks:
+            if chunk.number % COLLECT_EVERY == 0:
                 gc.collect()
-            conflicts = planner.conflicts
-            plan = planner.plan(batch, lambda _keys: None)
-            if planner.conflicts > conflicts and number > 1:
+            if chunk.conflicts and chunk.number > 1:
                 raise _Repeat
-            report.rejections.extend(plan.rejected[: keep - len(report.rejections)])
+            report.records_read += chunk.records_read
+            report.records_rejected += chunk.records_rejected
+            report.counts.add(chunk.counts)
+            report.rejections.extend(chunk.rejections[: keep - len(report.rejections)])
             if strict:
-                kept.extend(plan.rejected[: max(0, STRICT_REJECTION_LIMIT - len(kept))])
+                kept.extend(chunk.rejections[: max(0, STRICT_REJECTION_LIMIT - len(kept))])
+            next_id = max(next_id, chunk.next_id)
             self._settle()
             # After a strict import's first bad record nothing will be kept: write nothing.
             if not (strict and report.records_rejected):
-                self.in_flight = self.writer.submit_rows(plan, rejections=not strict)
+                self.in_flight = self.writer.submit_loaded(chunk, rejections=not strict)
             elif self.on_batch:
                 self.on_batch(report)
         self._settle()
-        return kept
+        return kept, next_id
 
     def _settle(self) -> None:
         if self.in_flight is not None:
@@ -603,6 +526,72 @@ class _FirstLoad:
             self.in_flight = None
 
 
+class _Chunks:
+    """A first load's chunks, planned and encoded (`_load`) in the file's order: by worker
+    processes when the file is large enough to repay starting them, else in this one."""
+
+    def __init__(
+        self,
+        tasks: Iterator[Callable[[], LoadedChunk]],
+        pool: ProcessPoolExecutor | None,
+        reader: ReadAhead | None = None,
+        *,
+        workers: int = 1,
+    ) -> None:
+        self._tasks, self._pool, self._reader = tasks, pool, reader
+        # Two chunks per worker in flight: each stays busy, and memory stays bounded.
+        self._depth = 2 * workers
+
+    @classmethod
+    def of(
+        cls, export: ExportReader, job: LoadJob, settings: Settings, size: int, first_id: int
+    ) -> _Chunks:
+        if export.lines is None:
+            # CSV: a vehicle's rows may span any number of lines, so the file is parsed here
+            # (a thread reads ahead) and its batches are planned and encoded in this process.
+            reader = read_ahead(
+                batches_of(export.records, settings.import_batch_size), settings.vin_check_digit
+            )
+
+            def csv_tasks() -> Iterator[Callable[[], LoadedChunk]]:
+                next_id = first_id
+                for number, batch in enumerate(reader, 1):
+                    yield functools.partial(load_batch, job, number, next_id, batch)
+                    next_id += len(batch)
+
+            return cls(csv_tasks(), None, reader)
+        chunks = jsonl_chunks(export.lines, settings.import_batch_size, first_id)
+        tasks = (functools.partial(load_lines, job, chunk) for chunk in chunks)
+        workers = settings.import_workers or os.cpu_count() or 1
+        if size < settings.import_parallel_min_bytes:
+            return cls(tasks, None)
+        pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_started
+        )
+        return cls(tasks, pool, workers=workers)
+
+    def __iter__(self) -> Iterator[LoadedChunk]:
+        if self._pool is None:
+            for task in self._tasks:
+                yield task()
+            return
+        pending: collections.deque[Future[LoadedChunk]] = collections.deque()
+        for task in self._tasks:
+            pending.append(self._pool.submit(task))
+            if len(pending) >= self._depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def close(self, *, wait: bool = False) -> None:
+        """Stop the work; with `wait`, return once nothing reads the file any more."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._reader is not None:
+            self._reader.close(wait=wait)
+
+
 class _Writer:
     """Writes planned batches, one transaction each, on a thread of its own."""
 
@@ -611,25 +600,33 @@ class _Writer:
         self.report = report
         self._executor: ThreadPoolExecutor | None = None
 
-    def submit(self, plan: _Plan) -> Future[None]:
+    def submit(self, plan: Plan) -> Future[None]:
         summary = self.report.summary()
         return self._thread().submit(self._write_batch, plan, summary)
 
-    def submit_rows(self, plan: _Plan, *, rejections: bool) -> Future[None]:
-        """Write the plan's rows (and rejections) in the transaction the connection is in."""
-        return self._thread().submit(self._write_rows_and_rejections, plan, rejections)
+    def submit_loaded(self, chunk: LoadedChunk, *, rejections: bool) -> Future[None]:
+        """Write a first load's chunk (and its rejections) in the transaction the connection
+        is in."""
+        return self._thread().submit(self._write_loaded, chunk, rejections)
 
     def _thread(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="fleet-import-writer")
         return self._executor
 
-    def _write_rows_and_rejections(self, plan: _Plan, rejections: bool) -> None:
-        self.write_rows(plan)
+    def _write_loaded(self, chunk: LoadedChunk, rejections: bool) -> None:
+        bulk = self.bulk
+        if isinstance(chunk.vehicles, str) and isinstance(chunk.ecus, str):
+            bulk.copy_text("vehicles", VEHICLE_COLUMNS, chunk.vehicles)
+            bulk.copy_text("ecus", ECU_COLUMNS, chunk.ecus)
+        else:
+            assert isinstance(chunk.vehicles, list) and isinstance(chunk.ecus, list)
+            bulk.insert("vehicles", VEHICLE_COLUMNS, chunk.vehicles)
+            bulk.insert("ecus", ECU_COLUMNS, chunk.ecus)
         if rejections:
-            _store_rejections(self.bulk.conn, self.report.import_id, plan.rejected)
+            _store_rejections(self.bulk.conn, self.report.import_id, chunk.rejections)
 
-    def _write_batch(self, plan: _Plan, summary: dict[str, Any]) -> None:
+    def _write_batch(self, plan: Plan, summary: dict[str, Any]) -> None:
         conn = self.bulk.conn
         with conn.begin():
             self.write_rows(plan)
@@ -642,7 +639,7 @@ class _Writer:
                 )
             )
 
-    def write_rows(self, plan: _Plan) -> None:
+    def write_rows(self, plan: Plan) -> None:
         bulk, diff = self.bulk, plan.diff
         bulk.insert("vehicles", VEHICLE_COLUMNS, diff.new_vehicles)
         bulk.update_by_id("vehicles", VEHICLE_UPDATE_COLUMNS, diff.changed_vehicle_rows(bulk.json))
@@ -653,41 +650,6 @@ class _Writer:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-
-
-def _serial_clash(
-    record: VehicleRecord,
-    import_id: int,
-    diff: BatchDiff,
-    seen: dict[str, int],
-    owners: dict[str, tuple[str, int]],
-) -> Problem | None:
-    """An ECU of `record` that an earlier record of this file already listed for another VIN.
-
-    Earlier in this batch is in `owners`. Earlier batches are already in the registry: the ECU
-    belongs to the other vehicle and was written by this import, or that vehicle's record was
-    taken earlier in this file (`seen`) with the ECU fitted.
-    """
-    for index, ecu in enumerate(record.ecus):
-        owner = owners.get(ecu.serial)
-        if owner is None:
-            stored = diff.ecus.get(ecu.serial)
-            if (
-                stored is not None
-                and stored.removed_at is None
-                and stored.owner_vin != record.vin
-                and (stored.import_id == import_id or stored.owner_vin in seen)
-            ):
-                owner = (stored.owner_vin, seen.get(stored.owner_vin, 0))
-        if owner and owner[0] != record.vin:
-            where = f"at line {owner[1]}" if owner[1] else "earlier"
-            return Problem(
-                "serial",
-                f"ECU serial {ecu.serial!r} is already listed for vehicle {owner[0]} "
-                f"{where} in this file",
-                index,
-            )
-    return None
 
 
 def _create_import(engine: Engine, source_name: str, strict: bool, actor: Actor) -> int:

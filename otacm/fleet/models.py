@@ -86,7 +86,10 @@ class Ecu(Base):
     # only with an id read from, or reserved for, the vehicles table in the same transaction.
     vehicle_id: Mapped[int] = mapped_column(BigId)
     ecu_type: Mapped[str] = mapped_column(String(32))
-    serial: Mapped[str] = mapped_column(String(64), unique=True)
+    # Compared byte by byte on PostgreSQL too (migration 0014): an identifier, not a word.
+    serial: Mapped[str] = mapped_column(
+        String(64).with_variant(String(64, collation="C"), "postgresql"), unique=True
+    )
     hardware_part_number: Mapped[str] = mapped_column(String(64))
     hardware_version: Mapped[str] = mapped_column(String(32))
     protocol: Mapped[str] = mapped_column(String(16))

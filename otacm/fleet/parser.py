@@ -61,6 +61,8 @@ class ExportReader:
     format: str  # "jsonl" or "csv"
     compressed: bool
     records: Iterator[RawRecord]
+    # JSON Lines: the numbered lines `records` reads; read one or the other, not both.
+    lines: Iterator[tuple[int, bytes | None]] | None = None
 
 
 class _BrokenStream(Exception):
@@ -156,7 +158,7 @@ def open_export(stream: IO[bytes], max_line_bytes: int) -> ExportReader:
     first = leading[-1][1] or b""
     rest = itertools.chain(leading, lines)
     if first.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{"):
-        return ExportReader("jsonl", compressed, _jsonl_records(rest, max_line_bytes))
+        return ExportReader("jsonl", compressed, jsonl_records(rest, max_line_bytes), rest)
     return ExportReader("csv", compressed, _csv_records(rest, len(leading), max_line_bytes))
 
 
@@ -226,9 +228,7 @@ def _json_problem(raw: bytes, number: int) -> Problem | None:
     return Problem(None, "not valid JSON: numbers or nesting beyond what a record may hold")
 
 
-def _jsonl_records(
-    lines: Iterator[tuple[int, bytes | None]], max_bytes: int
-) -> Iterator[RawRecord]:
+def jsonl_records(lines: Iterator[tuple[int, bytes | None]], max_bytes: int) -> Iterator[RawRecord]:
     loads = orjson.loads
     for number, raw in lines:
         if raw is None:

@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from otacm.fleet import _bulk, importer
 from otacm.fleet.generator import write_export
 from otacm.fleet.importer import ImportReport, run_import
 from otacm.fleet.models import Ecu, EcuHistory, FleetImport, FleetImportRejection, Vehicle
-from tests.builders import csv_bytes, ecu, gz, jsonl, vehicle
+from tests.builders import csv_bytes, ecu, gz, jsonl, vehicle, vin
 
 
 def run(engine: Engine, settings: Settings, data: bytes, **kwargs: Any) -> ImportReport:
@@ -170,6 +171,67 @@ def test_first_load_gives_what_the_batch_path_gives(
     # The comparison has something to compare (CSV has no row for the vehicle without ECUs).
     assert first.counts.vehicles_created >= 23 and first.records_rejected == 6
     assert {"paint": "red"} in [v.attributes for v in loaded["registry"]["vehicles"]]
+
+
+# A first load parsed by worker processes, whatever the file's size.
+IN_WORKERS = {"import_parallel_min_bytes": 0, "import_workers": 2}
+
+
+def awkward_records() -> list[dict[str, Any]]:
+    """Values COPY's text format must escape, and a calibration id left out."""
+    return [
+        vehicle(40, paint="back\\slash\ttab \u00e9", model="A\\B"),
+        vehicle(
+            41,
+            ecus=[
+                ecu("BCM-\\41", hardware_version="B\\2"),
+                ecu("BMS-000041", "BMS", calibration_id=None),
+            ],
+        ),
+        vehicle(42, rxswin="R\\1", vehicle_public_key="key\\"),
+    ]
+
+
+@pytest.mark.parametrize("encode", [jsonl, lambda r: gz(jsonl(r))], ids=["jsonl", "jsonl.gz"])
+def test_first_load_in_worker_processes_gives_what_the_batch_path_gives(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch, encode: Any
+) -> None:
+    # Chunks of 7 lines: the repeats of `mixed_records` fall within the first one.
+    settings = settings.model_copy(update={**IN_WORKERS, "import_batch_size": 7})
+    records = [*mixed_records(), *awkward_records(), *(vehicle(n) for n in range(50, 70))]
+    first, loaded, batched = both_ways(engine, settings, encode(records), monkeypatch)
+    assert first.first_load and loaded == batched
+    assert first.counts.vehicles_created >= 46 and first.records_rejected == 6
+    stored = {v.vin: v for v in loaded["registry"]["vehicles"]}
+    assert stored[vin(40)].attributes == {"paint": "back\\slash\ttab \u00e9"}
+    assert stored[vin(40)].model == "A\\B" and stored[vin(42)].rxswin == "R\\1"
+    serials = {e.serial: e for e in loaded["registry"]["ecus"]}
+    assert serials["BCM-\\41"].hardware_version == "B\\2"
+    assert serials["BMS-000041"].calibration_id is None
+
+
+def test_first_load_in_worker_processes_hands_over_on_a_repeat_in_a_later_chunk(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = settings.model_copy(update={**IN_WORKERS, "import_batch_size": 2})
+    records = [vehicle(1), vehicle(2), vehicle(3, ecus=[ecu("BCM-000001")]), vehicle(4)]
+    first, loaded, batched = both_ways(engine, settings, jsonl(records), monkeypatch)
+    assert not first.first_load and loaded == batched
+    assert len(loaded["registry"]["vehicles"]) == 3
+
+
+def test_first_load_in_worker_processes_reports_a_cut_gzip(
+    engine: Engine, settings: Settings
+) -> None:
+    settings = settings.model_copy(update={**IN_WORKERS, "import_batch_size": 10})
+    data = gz(jsonl([vehicle(i) for i in range(1, 200)]))
+    cut = data[: len(data) // 2]
+    whole_lines = zlib.decompressobj(wbits=31).decompress(cut).count(b"\n")
+    report = run(engine, settings, cut)
+    assert report.first_load and report.exit_code == 2
+    assert report.rejections[-1].line == whole_lines + 1
+    assert "gzip data ends" in report.rejections[-1].reason
+    assert report.counts.vehicles_created == count(engine, Vehicle) == whole_lines
 
 
 def test_strict_first_load_takes_nothing_if_any_record_is_bad(

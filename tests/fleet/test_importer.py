@@ -254,14 +254,18 @@ def test_failure_inside_a_batch_leaves_no_half_vehicle(
 ) -> None:
     from otacm.fleet import _bulk
 
-    original = _bulk.BulkIO.insert
+    # Rows go through `insert`, or `copy_text` for a first load on PostgreSQL.
+    for method in ("insert", "copy_text"):
+        original = getattr(_bulk.BulkIO, method)
 
-    def broken_insert(self: Any, table: str, columns: Any, rows: Any) -> None:
-        if table == "ecus":
-            raise ConnectionError("connection lost")
-        original(self, table, columns, rows)
+        def broken(
+            self: Any, table: str, columns: Any, rows: Any, original: Any = original
+        ) -> None:
+            if table == "ecus":
+                raise ConnectionError("connection lost")
+            original(self, table, columns, rows)
 
-    monkeypatch.setattr(_bulk.BulkIO, "insert", broken_insert)
+        monkeypatch.setattr(_bulk.BulkIO, method, broken)
     with pytest.raises(ConnectionError):
         run(engine, settings, jsonl([vehicle(1), vehicle(2)]))
     assert count(engine, Vehicle) == 0 and count(engine, Ecu) == 0
