@@ -311,6 +311,22 @@ class BatchDiff:
             )
         )
 
+    def written_keys(self) -> set[str]:
+        """The VINs and ECU serials whose rows this batch writes."""
+        keys = set(self.created)
+        keys.update(r.vin for r in self.changed_vehicles.values())
+        keys.update(row[2] for row in self.new_ecus)
+        keys.update(e.serial for e in self.ecus.values() if e.changed)
+        return keys
+
+    def read_keys(self) -> set[str]:
+        """The VINs and ECU serials whose stored rows this batch's plan read."""
+        keys = set(self.vehicles)
+        for e in self.ecus.values():
+            keys.add(e.serial)
+            keys.add(e.owner_vin)
+        return keys
+
     def changed_ecu_rows(self) -> list[tuple[Any, ...]]:
         """UPDATE rows (columns of `ECU_UPDATE_COLUMNS`, then the id) for every changed ECU."""
         ts = self.timestamp

@@ -22,11 +22,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Engine
+
 from otacm.config import VinCheckDigitPolicy
-from otacm.db import sqlite_timestamp
+from otacm.db import make_engine, sqlite_timestamp
+from otacm.fleet._bulk import BulkIO
 from otacm.fleet._diff import Counts
 from otacm.fleet._pipeline import Validated
-from otacm.fleet._plan import EmptyRegistryPlanner, Rejection
+from otacm.fleet._plan import EmptyRegistryPlanner, RegistryPlanner, Rejection, Rows, Tally
 from otacm.fleet.parser import TruncatedFile, jsonl_records
 from otacm.fleet.records import Problem, RawRecord, validate_record
 
@@ -83,22 +86,33 @@ def worker_started() -> None:
     gc.disable()
 
 
-def load_lines(job: LoadJob, chunk: LineChunk) -> LoadedChunk:
-    """Parse, validate, plan and encode one chunk of JSON Lines (in a worker process)."""
-    records = jsonl_records(zip(itertools.count(chunk.first_line), chunk.lines), job.max_line_bytes)
-    policy = job.policy
+def validated_lines(
+    policy: VinCheckDigitPolicy, max_line_bytes: int, chunk: LineChunk
+) -> Validated:
+    """The chunk's records, parsed and validated."""
+    records = jsonl_records(zip(itertools.count(chunk.first_line), chunk.lines), max_line_bytes)
     batch = [(raw, None if raw.problems else validate_record(raw, policy)) for raw in records]
     if chunk.truncated is not None:
         after = chunk.first_line + len(chunk.lines)
         batch.append((RawRecord(after, {}, problems=[Problem(None, chunk.truncated)]), None))
-    # JSON escapes every backslash and control character, so a chunk whose lines hold no
-    # backslash holds none in any value either: its ECU rows need no COPY escaping.
-    plain = not any(line is not None and b"\\" in line for line in chunk.lines)
-    loaded = load_batch(job, chunk.number, chunk.first_id, batch, plain=plain)
+    return batch
+
+
+def _collect_now_and_then() -> None:
     global _loaded
     _loaded += 1
     if _loaded % _COLLECT_EVERY == 0 and not gc.isenabled():
         gc.collect()
+
+
+def load_lines(job: LoadJob, chunk: LineChunk) -> LoadedChunk:
+    """Parse, validate, plan and encode one chunk of JSON Lines (in a worker process)."""
+    batch = validated_lines(job.policy, job.max_line_bytes, chunk)
+    # JSON escapes every backslash and control character, so a chunk whose lines hold no
+    # backslash holds none in any value either: its ECU rows need no COPY escaping.
+    plain = not any(line is not None and b"\\" in line for line in chunk.lines)
+    loaded = load_batch(job, chunk.number, chunk.first_id, batch, plain=plain)
+    _collect_now_and_then()
     return loaded
 
 
@@ -188,3 +202,87 @@ def jsonl_chunks(
         truncated, next_line = exc.reason, (next_line if taken else exc.line + 1)
     if taken or truncated is not None:
         yield LineChunk(number + 1, next_line, first_id, taken, truncated)
+
+
+# -- planning against the registry, for the batch path -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlanJob:
+    """What every chunk of one import planned in worker processes shares (PostgreSQL)."""
+
+    import_id: int
+    policy: VinCheckDigitPolicy
+    max_line_bytes: int
+    database_url: str
+
+
+@dataclass(slots=True)
+class PlannedChunk:
+    """A chunk planned against the committed registry by a worker process.
+
+    Valid only if nothing written after the worker read the registry touched what it read
+    (`reads`), and if none of `checked_vins` was taken by an earlier chunk of the same file:
+    the importing process checks both, and plans the chunk again itself otherwise.
+    """
+
+    number: int
+    records_read: int = 0
+    records_rejected: int = 0
+    counts: Counts = field(default_factory=Counts)
+    rejections: list[Rejection] = field(default_factory=list)
+    rows: Rows | None = None
+    reads: set[str] = field(default_factory=set)
+    writes: set[str] = field(default_factory=set)
+    # VINs the plan would have looked up among those taken earlier in the file.
+    checked_vins: list[str] = field(default_factory=list)
+    # VINs the chunk takes, with their lines (to remember for later chunks).
+    taken_vins: list[tuple[str, int]] = field(default_factory=list)
+
+
+class _WorkerPlanner(RegistryPlanner):
+    """Plans on a worker process's own connection. What the file took earlier is unknown
+    here: the VINs it would have checked are handed back instead, and new vehicles take the
+    ids the importing process reserved for the chunk, so that ids follow the file's order."""
+
+    def __init__(self, bulk: BulkIO, tally: Tally, import_id: int, engine: Engine) -> None:
+        super().__init__(bulk, tally, import_id, engine, commit_reads=True)
+        self.checked: list[str] = []
+        self.taken: list[tuple[str, int]] = []
+
+    def _seen_vins(self, vins: list[str]) -> dict[str, int]:
+        self.checked = vins
+        return {}
+
+    def _remember(self, vins: list[tuple[str, int]]) -> None:
+        self.taken = vins
+
+
+_planner: _WorkerPlanner | None = None
+
+
+def _worker_planner(job: PlanJob, tally: Tally) -> _WorkerPlanner:
+    global _planner
+    if _planner is None or _planner.import_id != job.import_id:
+        engine = make_engine(job.database_url, pool_size=1, max_overflow=0)
+        _planner = _WorkerPlanner(BulkIO(engine.connect()), tally, job.import_id, engine)
+        _planner.jsonl = True
+    _planner.tally = tally
+    return _planner
+
+
+def plan_lines(job: PlanJob, chunk: LineChunk, ids: list[int]) -> PlannedChunk:
+    """Parse, validate and plan one chunk of JSON Lines against the registry (in a worker)."""
+    batch = validated_lines(job.policy, job.max_line_bytes, chunk)
+    result = PlannedChunk(chunk.number)
+    planner = _worker_planner(job, result)
+    planner.reserved_ids = ids
+    plan = planner.plan(batch, _no_wait)
+    diff = plan.diff
+    result.rejections = plan.rejected
+    result.rows = Rows.of(diff, planner.bulk.json)
+    result.reads = plan.keys | diff.read_keys()
+    result.writes = diff.written_keys()
+    result.checked_vins, result.taken_vins = planner.checked, planner.taken
+    _collect_now_and_then()
+    return result

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import Engine
+
 from otacm.db import utcnow
-from otacm.fleet._diff import BatchDiff, Counts, RecordConflict
+from otacm.fleet._bulk import BulkIO
+from otacm.fleet._diff import BatchDiff, Counts, RecordConflict, StoredEcu
 from otacm.fleet._pipeline import Validated
 from otacm.fleet.parser import csv_column
 from otacm.fleet.records import Problem, RawRecord, VehicleRecord
@@ -41,6 +44,27 @@ class Plan:
     diff: BatchDiff
     rejected: list[Rejection]
     keys: set[str]  # the VINs and ECU serials the batch reads or writes
+
+
+@dataclass(slots=True)
+class Rows:
+    """What a planned batch writes: rows in the order of `_bulk`'s column lists."""
+
+    new_vehicles: list[tuple[Any, ...]]
+    changed_vehicles: list[tuple[Any, ...]]
+    changed_ecus: list[tuple[Any, ...]]
+    new_ecus: list[tuple[Any, ...]]
+    history: list[tuple[Any, ...]]
+
+    @classmethod
+    def of(cls, diff: BatchDiff, to_json: Callable[[dict[str, Any]], str]) -> Rows:
+        return cls(
+            diff.new_vehicles,
+            diff.changed_vehicle_rows(to_json),
+            diff.changed_ecu_rows(),
+            diff.new_ecus,
+            diff.history,
+        )
 
 
 class PlannerBase:
@@ -140,6 +164,50 @@ class PlannerBase:
         self._remember(list(first_seen.items()))
         self._end_reads()
         return Plan(diff, rejected, keys)
+
+
+class RegistryPlanner(PlannerBase):
+    """Plans against the registry, reading committed state on its own connection."""
+
+    def __init__(
+        self, bulk: BulkIO, tally: Tally, import_id: int, engine: Engine, *, commit_reads: bool
+    ) -> None:
+        super().__init__(tally, import_id, bulk.timestamp)
+        self.bulk = bulk
+        self.engine = engine
+        self.commit_reads = commit_reads
+        # Ids set aside for the batch in hand, if any (else drawn as the plan needs them).
+        self.reserved_ids: list[int] | None = None
+
+    def _end_reads(self) -> None:
+        if self.commit_reads:
+            # Ends the read snapshot, so that the next plan sees the batches written meanwhile.
+            self.bulk.conn.commit()
+
+    def _new_ids(self, count: int) -> Iterator[int]:
+        if self.reserved_ids is not None:
+            return iter(self.reserved_ids)
+        return self.bulk.vehicle_ids(count, self.engine)
+
+    def _seen_vins(self, vins: list[str]) -> dict[str, int]:
+        return self.bulk.seen_vins(vins)
+
+    def _remember(self, vins: list[tuple[str, int]]) -> None:
+        self.bulk.remember(vins)
+
+    def _load_state(self, vins: list[str], serials: list[str], new_ids: Iterator[int]) -> BatchDiff:
+        bulk = self.bulk
+        vehicles = bulk.stored_vehicles(vins)
+        stored = bulk.active_ecus_of(list(vehicles.values()))
+        fitted = {e.serial for e in stored}
+        stored += bulk.ecus_by_serial([s for s in serials if s not in fitted])
+        ecus: dict[str, StoredEcu] = {}
+        active: dict[int, list[str]] = {}
+        for ecu in stored:
+            ecus[ecu.serial] = ecu
+            if ecu.removed_at is None:
+                active.setdefault(ecu.vehicle_id, []).append(ecu.serial)
+        return BatchDiff(self.import_id, utcnow(), bulk.timestamp, vehicles, ecus, active, new_ids)
 
 
 class EmptyRegistryPlanner(PlannerBase):

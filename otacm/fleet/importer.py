@@ -46,13 +46,18 @@ from otacm.fleet._bulk import (
     Registry,
     is_repeated_key,
 )
-from otacm.fleet._diff import BatchDiff, Counts, StoredEcu
+from otacm.fleet._diff import Counts
 from otacm.fleet._load import (
+    LineChunk,
     LoadedChunk,
     LoadJob,
+    PlanJob,
+    PlannedChunk,
     jsonl_chunks,
     load_batch,
     load_lines,
+    plan_lines,
+    validated_lines,
     worker_started,
 )
 from otacm.fleet._pipeline import (
@@ -63,7 +68,7 @@ from otacm.fleet._pipeline import (
     collector_paused,
     read_ahead,
 )
-from otacm.fleet._plan import Plan, PlannerBase, Rejection
+from otacm.fleet._plan import RegistryPlanner, Rejection, Rows
 from otacm.fleet.models import FleetImport, FleetImportRejection
 from otacm.fleet.parser import ExportReader, ImportFileError, open_export
 from otacm.fleet.records import RawRecord
@@ -102,6 +107,8 @@ class ImportReport:
     finished_at: datetime | None = None
     # Whether the import went into an empty registry as one transaction (see _FirstLoad).
     first_load: bool = False
+    # Worker processes that parsed and planned the file (0: the importing process alone).
+    workers: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -147,7 +154,9 @@ def run_import(
     write_conn = engine.connect().execution_options(sqlite_begin="IMMEDIATE")
     read_conn = write_conn if strict else engine.connect()
     writer = _Writer(BulkIO(write_conn), report)
-    planner = _Planner(BulkIO(read_conn), report, engine, commit_reads=not strict)
+    planner = RegistryPlanner(
+        BulkIO(read_conn), report, report.import_id, engine, commit_reads=not strict
+    )
     sqlite_lock = _SqliteImportLock(engine) if not writer.bulk.postgresql else None
     try:
         if sqlite_lock is not None:
@@ -206,12 +215,40 @@ def run_import(
                     writer.bulk.postgresql,
                 )
                 outcome = first_load.run(
-                    lambda first_id: _Chunks.of(reader, job, settings, size or 0, first_id)
+                    lambda first_id: _Chunks.of(reader, job, settings, size or 0, first_id, report)
                 )
                 if outcome is _Outcome.GAVE_WAY:
                     buffered.seek(origin)
                     reader = open_export(buffered, settings.import_max_line_bytes)
-            if outcome is not _Outcome.LOADED:
+            workers = settings.import_workers or os.cpu_count() or 1
+            if (
+                outcome is not _Outcome.LOADED
+                and not strict
+                and writer.bulk.postgresql
+                and reader.lines is not None
+                and size is not None
+                and size >= settings.import_parallel_min_bytes
+            ):
+                plan_job = PlanJob(
+                    report.import_id,
+                    settings.vin_check_digit,
+                    settings.import_max_line_bytes,
+                    engine.url.render_as_string(hide_password=False),
+                )
+                report.workers = workers
+                with _worker_pool(workers) as pool:
+                    _import_in_workers(
+                        jsonl_chunks(reader.lines, settings.import_batch_size, 0),
+                        pool,
+                        workers,
+                        plan_job,
+                        planner,
+                        writer,
+                        report,
+                        keep,
+                        on_batch,
+                    )
+            elif outcome is not _Outcome.LOADED:
                 batches = validated(reader.records)
                 if strict:
                     _import_strict(batches, planner, writer, report, keep, on_batch)
@@ -273,7 +310,7 @@ class _SqliteImportLock:
 
 def _import_pipelined(
     batches: Iterable[Validated],
-    planner: _Planner,
+    planner: RegistryPlanner,
     writer: _Writer,
     report: ImportReport,
     keep: int,
@@ -301,7 +338,8 @@ def _import_pipelined(
             plan = planner.plan(batch, wait_if_overlapping)
             report.rejections.extend(plan.rejected[: keep - len(report.rejections)])
             settle()
-            in_flight, in_flight_keys = writer.submit(plan), plan.keys
+            rows = Rows.of(plan.diff, writer.bulk.json)
+            in_flight, in_flight_keys = writer.submit(rows, plan.rejected), plan.keys
         settle()
     finally:
         # Never leave a batch half-written behind us: let the one in flight finish.
@@ -310,9 +348,113 @@ def _import_pipelined(
                 in_flight.result()
 
 
+def _import_in_workers(
+    chunks: Iterator[LineChunk],
+    pool: ProcessPoolExecutor,
+    workers: int,
+    job: PlanJob,
+    planner: RegistryPlanner,
+    writer: _Writer,
+    report: ImportReport,
+    keep: int,
+    on_batch: Callable[[ImportReport], None] | None,
+) -> None:
+    """The batch path with its chunks parsed, validated and planned by worker processes
+    (PostgreSQL, JSON Lines): each plans against the registry as committed when it reads it,
+    and this process writes the plans in the file's order.
+
+    A worker's plan stands only if no batch written after it was handed out (so possibly
+    after the worker read the registry) wrote a VIN or serial the plan read, and if no VIN
+    it depends on was taken earlier in the file (the importing connection remembers those).
+    Otherwise this process plans the chunk again, after the writes before it, exactly as the
+    in-process path would; a clean export seldom needs it.
+    """
+    depth = 2 * workers
+    pending: collections.deque[tuple[LineChunk, list[int], int, Future[PlannedChunk]]] = (
+        collections.deque()
+    )
+    # Keys written by each chunk handed to the writer, until every chunk in flight saw them.
+    written: dict[int, set[str]] = {}
+    committed = 0  # chunks up to this number are written and committed
+    in_flight: tuple[int, Future[None]] | None = None
+
+    def settle() -> None:
+        nonlocal in_flight, committed
+        if in_flight is not None:
+            (number, future), in_flight = in_flight, None
+            future.result()
+            committed = number
+            if on_batch:
+                on_batch(report)
+
+    def submit(chunk: LineChunk) -> None:
+        # Ids set aside in the file's order: the chunk's new vehicles take them, whoever
+        # plans it.
+        ids = list(planner.bulk.vehicle_ids(len(chunk.lines), planner.engine))
+        pending.append((chunk, ids, committed, pool.submit(plan_lines, job, chunk, ids)))
+
+    def stands(result: PlannedChunk, seen_from: int) -> bool:
+        if any(not result.reads.isdisjoint(written[n]) for n in written if n > seen_from):
+            return False
+        return not planner.bulk.seen_vins(result.checked_vins)
+
+    def replan(chunk: LineChunk, ids: list[int]) -> tuple[Rows, list[Rejection], set[str]]:
+        settle()
+        batch = validated_lines(job.policy, job.max_line_bytes, chunk)
+        planner.reserved_ids = ids
+        try:
+            plan = planner.plan(batch, lambda _keys: None)
+        finally:
+            planner.reserved_ids = None
+        return Rows.of(plan.diff, writer.bulk.json), plan.rejected, plan.diff.written_keys()
+
+    def write_planned(
+        chunk: LineChunk, ids: list[int], seen_from: int, future: Future[PlannedChunk]
+    ) -> None:
+        nonlocal in_flight
+        result = future.result()
+        if chunk.number % COLLECT_EVERY == 0:
+            gc.collect()
+        if stands(result, seen_from):
+            assert result.rows is not None
+            rows, rejected, writes = result.rows, result.rejections, result.writes
+            report.records_read += result.records_read
+            report.records_rejected += result.records_rejected
+            report.counts.add(result.counts)
+            planner.bulk.remember(result.taken_vins)
+            planner.bulk.conn.commit()
+        else:
+            rows, rejected, writes = replan(chunk, ids)
+        report.rejections.extend(rejected[: keep - len(report.rejections)])
+        settle()
+        written[chunk.number] = writes
+        # Chunks still to be checked, and those handed out from now on, were handed out
+        # after `oldest` was committed: what was written up to it, they all see.
+        oldest = min([committed, *(seen for _c, _i, seen, _f in pending)])
+        for number in [n for n in written if n <= oldest]:
+            del written[number]
+        in_flight = (chunk.number, writer.submit(rows, rejected))
+
+    try:
+        for chunk in chunks:
+            submit(chunk)
+            while len(pending) >= depth or (pending and pending[0][3].done()):
+                write_planned(*pending.popleft())
+        while pending:
+            write_planned(*pending.popleft())
+        settle()
+    finally:
+        for *_, future in pending:
+            future.cancel()
+        # Never leave a batch half-written behind us: let the one in flight finish.
+        if in_flight is not None:
+            with contextlib.suppress(BaseException):
+                in_flight[1].result()
+
+
 def _import_strict(
     batches: Iterable[Validated],
-    planner: _Planner,
+    planner: RegistryPlanner,
     writer: _Writer,
     report: ImportReport,
     keep: int,
@@ -325,7 +467,7 @@ def _import_strict(
         plan = planner.plan(batch, lambda _keys: None)
         # After the first bad record nothing will be kept: go on validating, write nothing.
         if not report.records_rejected:
-            writer.write_rows(plan)
+            writer.write_rows(Rows.of(plan.diff, writer.bulk.json))
         kept.extend(plan.rejected[: max(0, STRICT_REJECTION_LIMIT - len(kept))])
         report.rejections.extend(plan.rejected[: keep - len(report.rejections)])
         if on_batch:
@@ -337,47 +479,6 @@ def _import_strict(
         conn.commit()
     with conn.begin():
         _store_rejections(conn, report.import_id, kept)
-
-
-class _Planner(PlannerBase):
-    """Works out what a batch changes, reading committed state on its own connection."""
-
-    def __init__(
-        self, bulk: BulkIO, report: ImportReport, engine: Engine, *, commit_reads: bool
-    ) -> None:
-        super().__init__(report, report.import_id, bulk.timestamp)
-        self.bulk = bulk
-        self.report = report
-        self.engine = engine
-        self.commit_reads = commit_reads
-
-    def _end_reads(self) -> None:
-        if self.commit_reads:
-            # Ends the read snapshot, so that the next plan sees the batches written meanwhile.
-            self.bulk.conn.commit()
-
-    def _new_ids(self, count: int) -> Iterator[int]:
-        return self.bulk.vehicle_ids(count, self.engine)
-
-    def _seen_vins(self, vins: list[str]) -> dict[str, int]:
-        return self.bulk.seen_vins(vins)
-
-    def _remember(self, vins: list[tuple[str, int]]) -> None:
-        self.bulk.remember(vins)
-
-    def _load_state(self, vins: list[str], serials: list[str], new_ids: Iterator[int]) -> BatchDiff:
-        bulk = self.bulk
-        vehicles = bulk.stored_vehicles(vins)
-        stored = bulk.active_ecus_of(list(vehicles.values()))
-        fitted = {e.serial for e in stored}
-        stored += bulk.ecus_by_serial([s for s in serials if s not in fitted])
-        ecus: dict[str, StoredEcu] = {}
-        active: dict[int, list[str]] = {}
-        for ecu in stored:
-            ecus[ecu.serial] = ecu
-            if ecu.removed_at is None:
-                active.setdefault(ecu.vehicle_id, []).append(ecu.serial)
-        return BatchDiff(self.import_id, utcnow(), bulk.timestamp, vehicles, ecus, active, new_ids)
 
 
 class _Repeat(Exception):
@@ -418,7 +519,7 @@ class _FirstLoad:
     def __init__(
         self,
         writer: _Writer,
-        planner: _Planner,
+        planner: RegistryPlanner,
         report: ImportReport,
         strict: bool,
         keep: int,
@@ -480,6 +581,7 @@ class _FirstLoad:
             report = self.report
             report.records_read = report.records_rejected = 0
             report.counts, report.rejections, report.first_load = Counts(), [], False
+            report.workers = 0
             return _Outcome.GAVE_WAY
         finally:
             if chunks is not None:
@@ -526,6 +628,15 @@ class _FirstLoad:
             self.in_flight = None
 
 
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for an import. Started afresh ("spawn"), not forked: the importing
+    process may be a server with threads that hold locks. Like any user of process pools, a
+    script that imports this way guards its entry point with `if __name__ == "__main__":`."""
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_started
+    )
+
+
 class _Chunks:
     """A first load's chunks, planned and encoded (`_load`) in the file's order: by worker
     processes when the file is large enough to repay starting them, else in this one."""
@@ -544,7 +655,13 @@ class _Chunks:
 
     @classmethod
     def of(
-        cls, export: ExportReader, job: LoadJob, settings: Settings, size: int, first_id: int
+        cls,
+        export: ExportReader,
+        job: LoadJob,
+        settings: Settings,
+        size: int,
+        first_id: int,
+        report: ImportReport,
     ) -> _Chunks:
         if export.lines is None:
             # CSV: a vehicle's rows may span any number of lines, so the file is parsed here
@@ -565,10 +682,8 @@ class _Chunks:
         workers = settings.import_workers or os.cpu_count() or 1
         if size < settings.import_parallel_min_bytes:
             return cls(tasks, None)
-        pool = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=worker_started
-        )
-        return cls(tasks, pool, workers=workers)
+        report.workers = workers
+        return cls(tasks, _worker_pool(workers), workers=workers)
 
     def __iter__(self) -> Iterator[LoadedChunk]:
         if self._pool is None:
@@ -600,9 +715,9 @@ class _Writer:
         self.report = report
         self._executor: ThreadPoolExecutor | None = None
 
-    def submit(self, plan: Plan) -> Future[None]:
+    def submit(self, rows: Rows, rejected: list[Rejection]) -> Future[None]:
         summary = self.report.summary()
-        return self._thread().submit(self._write_batch, plan, summary)
+        return self._thread().submit(self._write_batch, rows, rejected, summary)
 
     def submit_loaded(self, chunk: LoadedChunk, *, rejections: bool) -> Future[None]:
         """Write a first load's chunk (and its rejections) in the transaction the connection
@@ -626,11 +741,11 @@ class _Writer:
         if rejections:
             _store_rejections(self.bulk.conn, self.report.import_id, chunk.rejections)
 
-    def _write_batch(self, plan: Plan, summary: dict[str, Any]) -> None:
+    def _write_batch(self, rows: Rows, rejected: list[Rejection], summary: dict[str, Any]) -> None:
         conn = self.bulk.conn
         with conn.begin():
-            self.write_rows(plan)
-            _store_rejections(conn, self.report.import_id, plan.rejected)
+            self.write_rows(rows)
+            _store_rejections(conn, self.report.import_id, rejected)
             conn.execute(
                 update(FleetImport)
                 .where(FleetImport.id == self.report.import_id)
@@ -639,13 +754,13 @@ class _Writer:
                 )
             )
 
-    def write_rows(self, plan: Plan) -> None:
-        bulk, diff = self.bulk, plan.diff
-        bulk.insert("vehicles", VEHICLE_COLUMNS, diff.new_vehicles)
-        bulk.update_by_id("vehicles", VEHICLE_UPDATE_COLUMNS, diff.changed_vehicle_rows(bulk.json))
-        bulk.update_by_id("ecus", ECU_UPDATE_COLUMNS, diff.changed_ecu_rows())
-        bulk.insert("ecus", ECU_COLUMNS, diff.new_ecus)
-        bulk.insert("ecu_history", HISTORY_COLUMNS, diff.history)
+    def write_rows(self, rows: Rows) -> None:
+        bulk = self.bulk
+        bulk.insert("vehicles", VEHICLE_COLUMNS, rows.new_vehicles)
+        bulk.update_by_id("vehicles", VEHICLE_UPDATE_COLUMNS, rows.changed_vehicles)
+        bulk.update_by_id("ecus", ECU_UPDATE_COLUMNS, rows.changed_ecus)
+        bulk.insert("ecus", ECU_COLUMNS, rows.new_ecus)
+        bulk.insert("ecu_history", HISTORY_COLUMNS, rows.history)
 
     def close(self) -> None:
         if self._executor is not None:
