@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import enum
 import fcntl
 import functools
@@ -369,7 +370,7 @@ def _import_in_workers(
     Otherwise this process plans the chunk again, after the writes before it, exactly as the
     in-process path would; a clean export seldom needs it.
     """
-    depth = 2 * workers
+    depth = workers + 1
     pending: collections.deque[tuple[LineChunk, list[int], int, Future[PlannedChunk]]] = (
         collections.deque()
     )
@@ -650,8 +651,8 @@ class _Chunks:
         workers: int = 1,
     ) -> None:
         self._tasks, self._pool, self._reader = tasks, pool, reader
-        # Two chunks per worker in flight: each stays busy, and memory stays bounded.
-        self._depth = 2 * workers
+        # A chunk per worker in flight and one waiting: each stays busy, memory stays bounded.
+        self._depth = workers + 1
 
     @classmethod
     def of(
@@ -678,11 +679,12 @@ class _Chunks:
 
             return cls(csv_tasks(), None, reader)
         chunks = jsonl_chunks(export.lines, settings.import_batch_size, first_id)
-        tasks = (functools.partial(load_lines, job, chunk) for chunk in chunks)
-        workers = settings.import_workers or os.cpu_count() or 1
         if size < settings.import_parallel_min_bytes:
-            return cls(tasks, None)
+            return cls((functools.partial(load_lines, job, chunk) for chunk in chunks), None)
+        workers = settings.import_workers or os.cpu_count() or 1
         report.workers = workers
+        job = dataclasses.replace(job, pack_rows=True)
+        tasks = (functools.partial(load_lines, job, chunk) for chunk in chunks)
         return cls(tasks, _worker_pool(workers), workers=workers)
 
     def __iter__(self) -> Iterator[LoadedChunk]:
@@ -735,9 +737,9 @@ class _Writer:
             bulk.copy_text("vehicles", VEHICLE_COLUMNS, chunk.vehicles)
             bulk.copy_text("ecus", ECU_COLUMNS, chunk.ecus)
         else:
-            assert isinstance(chunk.vehicles, list) and isinstance(chunk.ecus, list)
-            bulk.insert("vehicles", VEHICLE_COLUMNS, chunk.vehicles)
-            bulk.insert("ecus", ECU_COLUMNS, chunk.ecus)
+            vehicles, ecus = chunk.rows()
+            bulk.insert("vehicles", VEHICLE_COLUMNS, vehicles)
+            bulk.insert("ecus", ECU_COLUMNS, ecus)
         if rejections:
             _store_rejections(self.bulk.conn, self.report.import_id, chunk.rejections)
 

@@ -87,8 +87,9 @@ class Ecu(Base):
     vehicle_id: Mapped[int] = mapped_column(BigId)
     ecu_type: Mapped[str] = mapped_column(String(32))
     # Compared byte by byte on PostgreSQL too (migration 0014): an identifier, not a word.
+    # Unique by an index of its own (migration 0015), which a first load may set aside.
     serial: Mapped[str] = mapped_column(
-        String(64).with_variant(String(64, collation="C"), "postgresql"), unique=True
+        String(64).with_variant(String(64, collation="C"), "postgresql")
     )
     hardware_part_number: Mapped[str] = mapped_column(String(64))
     hardware_version: Mapped[str] = mapped_column(String(32))
@@ -107,6 +108,7 @@ class Ecu(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     __table_args__ = (
+        Index("uq_ecus_serial", "serial", unique=True),
         Index("ix_ecus_vehicle_id", "vehicle_id"),
         # Targeting and search name the ECU type, then the installed version or the hardware.
         Index("ix_ecus_type_software", "ecu_type", "software_version"),
