@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
+from otacm.app import create_app
+from otacm.config import Settings
 from otacm.fleet import repository
 from tests.builders import csv_bytes, ecu, gz, jsonl, vehicle, vin
 
@@ -215,3 +219,21 @@ def test_health_readiness_metrics_and_openapi(client: TestClient) -> None:
         "/api/v1/fleet/imports",
         "/api/v1/fleet/export",
     } <= set(spec["paths"])
+
+
+def test_upload_parsed_by_worker_processes(
+    settings: Settings, engine: Engine, make_operator: Callable[..., str]
+) -> None:
+    """The server starts worker processes for a large upload, from the thread that serves
+    the request: a first load, then an import into the registry that now holds vehicles."""
+    settings = settings.model_copy(update={"import_parallel_min_bytes": 0, "import_workers": 2})
+    with TestClient(create_app(settings, engine)) as client:
+        client.headers["Authorization"] = f"Bearer {make_operator('admin', 'test-admin')}"
+        first = upload(client, jsonl([vehicle(n) for n in range(1, 30)]))
+        assert first["status"] == "completed" and first["counts"]["vehicles_created"] == 29
+        newer = "2025-06-01T00:00:00Z"
+        again = upload(client, jsonl([vehicle(n, exported_at=newer) for n in range(20, 40)]))
+        assert again["counts"]["vehicles_created"] == 10
+        assert again["counts"]["vehicles_unchanged"] == 10
+        page = client.get("/api/v1/vehicles", params={"limit": 100}).json()
+        assert len(page["items"]) == 39
