@@ -15,6 +15,7 @@ leaves a gap, as the sequence's own ids may.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import itertools
 import pickle
@@ -283,7 +284,11 @@ def _worker_planner(job: PlanJob, tally: Tally) -> _WorkerPlanner:
     global _planner
     if _planner is None or _planner.import_id != job.import_id:
         engine = make_engine(job.database_url, pool_size=1, max_overflow=0)
-        _planner = _WorkerPlanner(BulkIO(engine.connect()), tally, job.import_id, engine)
+        conn = engine.connect()
+        # Closed when the pool lets the worker go, not dropped when the process ends.
+        atexit.register(engine.dispose)
+        atexit.register(conn.close)
+        _planner = _WorkerPlanner(BulkIO(conn), tally, job.import_id, engine)
         _planner.jsonl = True
     _planner.tally = tally
     return _planner

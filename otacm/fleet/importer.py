@@ -344,7 +344,10 @@ def _import_pipelined(
             report.rejections.extend(plan.rejected[: keep - len(report.rejections)])
             settle()
             rows = Rows.of(plan.diff, writer.bulk.json)
-            in_flight, in_flight_keys = writer.submit(rows, plan.rejected), plan.keys
+            # What the batch names and what it writes: removing an ECU writes a serial that
+            # none of its records names.
+            in_flight_keys = plan.keys | plan.diff.written_keys()
+            in_flight = writer.submit(rows, plan.rejected)
         settle()
     finally:
         # Never leave a batch half-written behind us: let the one in flight finish.

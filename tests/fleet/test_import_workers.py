@@ -6,13 +6,15 @@ the plan read or took a VIN it depends on. The outcome must be the in-process ba
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from otacm.config import Settings
 from otacm.db import is_postgresql
+from otacm.fleet.models import Ecu, EcuHistory
 from tests.builders import ecu, jsonl, vehicle
 from tests.fleet.test_first_load import IN_WORKERS, empty_registry, outcome, run
 
@@ -71,3 +73,50 @@ def test_planned_in_workers_as_in_process(
     assert outcomes[0] == outcomes[1]
     if scenario == "unchanged":
         assert outcomes[0]["summary"]["vehicles_unchanged"] == 20
+
+
+def test_a_batch_waits_for_the_removal_of_an_ecu_it_names(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch 1 drops an ECU from vehicle 1 (its records do not name the serial), batch 2 fits
+    it to vehicle 2 while batch 1 is still being written: batch 2 must see the removal, as two
+    imports one after the other do (the ECU returns; it is not moved from vehicle 1)."""
+    from otacm.fleet import importer
+
+    records = [
+        vehicle(
+            1,
+            exported_at=NEWER,
+            ecus=[ecu("BMS-000001", "BMS", protocol="CAN_FD", software_version="2.0.0")],
+        ),
+        vehicle(2, exported_at=NEWER, ecus=[ecu("BCM-000002"), ecu("BCM-000001")]),
+    ]
+    settings = settings.model_copy(update={"import_batch_size": 1})
+    empty_registry(engine)
+    run(engine, settings, stored_fleet())
+    for record in records:
+        run(engine, settings, jsonl([record]))
+    expected = history_kinds(engine)
+
+    write_batch = importer._Writer._write_batch
+
+    def slow_write(self: Any, *args: Any) -> None:
+        time.sleep(0.3)  # batch 2 is planned while batch 1 is still being written
+        write_batch(self, *args)
+
+    monkeypatch.setattr(importer._Writer, "_write_batch", slow_write)
+    empty_registry(engine)
+    run(engine, settings, stored_fleet())
+    run(engine, settings, jsonl(records))
+    assert history_kinds(engine) == expected
+    assert expected[:2] == [("BCM-000001", "removed"), ("BCM-000001", "returned")]
+
+
+def history_kinds(engine: Engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Ecu.serial, EcuHistory.change)
+            .join(Ecu, Ecu.id == EcuHistory.ecu_id)
+            .order_by(EcuHistory.id)
+        ).all()
+    return [(serial, change) for serial, change in rows]
