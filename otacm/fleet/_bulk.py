@@ -380,10 +380,10 @@ class BulkIO:
 # foreign key depends on stay too. On PostgreSQL, at 12.6 million ECU rows, inserting into the
 # unique serial index alone costs 135 s against 18 s to build it afterwards.
 #
-# Two ECU indexes are cheap enough to keep up on PostgreSQL: the load is bound by the
-# importer's parsing, and the server's spare time meanwhile (~110 of 140 s at 1M vehicles)
-# absorbs their upkeep (vehicle id: appended, +8 s; type and software version: few distinct
-# keys, +36 s), while building them at the end would add 4.5 + 23 s after the last row.
+# Two ECU indexes stay up on PostgreSQL: their upkeep (vehicle id: appended, +8 s of server
+# time; type and software version: few distinct keys, +36 s) costs about what building them
+# at the end would (2.5 + 17 s with both cores), and is spread over the load instead of
+# added after its last row.
 PG_KEPT_UP_DURING_FIRST_LOAD = ("ix_ecus_vehicle_id", "ix_ecus_type_software")
 _PG_DEFERRABLE_INDEXES = """
 SELECT x.indexrelid::regclass::text, x.indrelid::regclass::text, pg_get_indexdef(x.indexrelid),

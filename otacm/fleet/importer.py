@@ -211,7 +211,7 @@ def run_import(
         with collector_paused():
             outcome = _Outcome.DECLINED
             if origin is not None:
-                first_load = _FirstLoad(writer, planner, report, strict, keep, on_batch)
+                first_load = _FirstLoad(writer, report, strict, keep, on_batch)
                 job = LoadJob(
                     report.import_id,
                     reader.format == "jsonl",
@@ -527,13 +527,12 @@ class _FirstLoad:
     def __init__(
         self,
         writer: _Writer,
-        planner: RegistryPlanner,
         report: ImportReport,
         strict: bool,
         keep: int,
         on_batch: Callable[[ImportReport], None] | None,
     ) -> None:
-        self.writer, self.planner, self.report = writer, planner, report
+        self.writer, self.report = writer, report
         self.strict, self.keep, self.on_batch = strict, keep, on_batch
         self.in_flight: Future[None] | None = None
 

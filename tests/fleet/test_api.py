@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,7 +12,8 @@ from sqlalchemy import Engine
 
 from otacm.app import create_app
 from otacm.config import Settings
-from otacm.fleet import repository
+from otacm.db import is_postgresql
+from otacm.fleet import importer, repository
 from tests.builders import csv_bytes, ecu, gz, jsonl, vehicle, vin
 
 
@@ -222,10 +224,22 @@ def test_health_readiness_metrics_and_openapi(client: TestClient) -> None:
 
 
 def test_upload_parsed_by_worker_processes(
-    settings: Settings, engine: Engine, make_operator: Callable[..., str]
+    settings: Settings,
+    engine: Engine,
+    make_operator: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The server starts worker processes for a large upload, from the thread that serves
-    the request: a first load, then an import into the registry that now holds vehicles."""
+    the request: a first load, then an import into the registry that now holds vehicles
+    (planned by workers on PostgreSQL, by the serving process on SQLite)."""
+    pools: list[int] = []
+    start_pool = importer._worker_pool
+
+    def counted_pool(workers: int) -> Any:
+        pools.append(workers)
+        return start_pool(workers)
+
+    monkeypatch.setattr(importer, "_worker_pool", counted_pool)
     settings = settings.model_copy(update={"import_parallel_min_bytes": 0, "import_workers": 2})
     with TestClient(create_app(settings, engine)) as client:
         client.headers["Authorization"] = f"Bearer {make_operator('admin', 'test-admin')}"
@@ -237,3 +251,4 @@ def test_upload_parsed_by_worker_processes(
         assert again["counts"]["vehicles_unchanged"] == 10
         page = client.get("/api/v1/vehicles", params={"limit": 100}).json()
         assert len(page["items"]) == 39
+    assert pools == ([2, 2] if is_postgresql(engine) else [2])

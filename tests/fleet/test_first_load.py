@@ -200,7 +200,7 @@ def test_first_load_in_worker_processes_gives_what_the_batch_path_gives(
     settings = settings.model_copy(update={**IN_WORKERS, "import_batch_size": 7})
     records = [*mixed_records(), *awkward_records(), *(vehicle(n) for n in range(50, 70))]
     first, loaded, batched = both_ways(engine, settings, encode(records), monkeypatch)
-    assert first.first_load and loaded == batched
+    assert first.first_load and first.workers == 2 and loaded == batched
     assert first.counts.vehicles_created >= 46 and first.records_rejected == 6
     stored = {v.vin: v for v in loaded["registry"]["vehicles"]}
     assert stored[vin(40)].attributes == {"paint": "back\\slash\ttab \u00e9"}
@@ -228,7 +228,7 @@ def test_first_load_in_worker_processes_reports_a_cut_gzip(
     cut = data[: len(data) // 2]
     whole_lines = zlib.decompressobj(wbits=31).decompress(cut).count(b"\n")
     report = run(engine, settings, cut)
-    assert report.first_load and report.exit_code == 2
+    assert report.first_load and report.workers == 2 and report.exit_code == 2
     assert report.rejections[-1].line == whole_lines + 1
     assert "gzip data ends" in report.rejections[-1].reason
     assert report.counts.vehicles_created == count(engine, Vehicle) == whole_lines
